@@ -1,0 +1,136 @@
+"""The `companion` command line: run the service, chat on the console, manage therapists and the schema."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.wiring import Companion, build
+from channels import console
+from dialogs.timeparse import resolve_timezone
+from storage import queries as q
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Homework Companion: CBT homework between sessions.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+therapist_app = typer.Typer(no_args_is_help=True, help="Therapists.")
+app.add_typer(db_app, name="db")
+app.add_typer(therapist_app, name="therapist")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="config.yaml to use (default: $COMPANION_CONFIG or ./config.yaml)"),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _companion(config: Path | None) -> Companion:
+    return build(_settings(config))
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="override server.host")] = None,
+    port: Annotated[int | None, typer.Option(help="override server.port")] = None,
+) -> None:
+    """Start the service: upgrade the schema, then serve HTTP (health, and webhooks as channels are enabled)."""
+    import uvicorn
+
+    from bot.http import create_app
+
+    companion = _companion(config)
+    host = host or companion.settings.server.host
+    port = port or companion.settings.server.port
+    logging.getLogger("companion").info(
+        "database %s ready; console chats: `companion chat --as therapist:NAME` / `--as client:HANDLE`",
+        companion.db.dialect,
+    )
+    uvicorn.run(create_app(companion), host=host, port=port, log_level=companion.settings.log_level.lower())
+
+
+@app.command()
+def chat(
+    as_: Annotated[str, typer.Option("--as", help="therapist:NAME or client:HANDLE")],
+    config: ConfigOption = None,
+) -> None:
+    """Chat on the console as a therapist or a client: one line is one message (end a line with \\ to continue it)."""
+    role, _, handle = as_.partition(":")
+    try:
+        chat_address = console.address(role, handle)
+    except ValueError as exc:
+        typer.echo(f"error: --as {exc}", err=True)
+        raise typer.Exit(2) from exc
+    companion = _companion(config)
+    if role == "therapist":
+        with companion.db.unit_of_work() as session:
+            therapist = q.therapist_by_name(session, name=handle)
+            if therapist is None:
+                typer.echo(f"error: no therapist called {handle!r}; add one with `companion therapist add NAME`", err=True)
+                raise typer.Exit(1)
+            chat_address = console.address("therapist", therapist.name)
+    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)
+    channel.run(sys.stdin, prompt="> " if sys.stdin.isatty() else "")
+
+
+@therapist_app.command("add")
+def therapist_add(
+    name: str,
+    timezone: Annotated[str, typer.Option(help="IANA zone or city, e.g. Europe/London")] = "UTC",
+    config: ConfigOption = None,
+) -> None:
+    """Create a therapist; they chat with `companion chat --as therapist:NAME`."""
+    zone = resolve_timezone(timezone)
+    if zone is None:
+        typer.echo(f"error: unknown time zone {timezone!r}; try a city or a name like Europe/London", err=True)
+        raise typer.Exit(2)
+    clean = " ".join(name.split())
+    if not clean or ":" in clean or len(clean) > 80:
+        typer.echo("error: a therapist name must be 1–80 characters without ':'", err=True)
+        raise typer.Exit(2)
+    companion = _companion(config)
+    with companion.db.unit_of_work() as session:
+        if q.therapist_by_name(session, name=clean) is not None:
+            typer.echo(f"error: a therapist called {clean!r} already exists", err=True)
+            raise typer.Exit(1)
+        q.add_therapist(session, name=clean, timezone=zone, now=companion.clock.now())
+    typer.echo(f"Added therapist {clean} ({zone}). Chat with: companion chat --as 'therapist:{clean}'")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply the Alembic migrations up to the latest (also done by `companion run`)."""
+    companion = _companion(config)
+    typer.echo(f"Schema up to date ({companion.db.dialect}).")
+
+
+@db_app.command("revision")
+def db_revision(message: str, config: ConfigOption = None) -> None:
+    """For contributors: autogenerate a migration from the models against the configured database."""
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    companion = _companion(config)
+    command.revision(alembic_config(companion.db.url), message=message, autogenerate=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Settings: config.yaml for what an operator tunes, environment variables for secrets and overrides."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dialogs.timeparse import parse_clock_time
+from dialogs.turn import DialogSettings
+
+CONFIG_ENV: Final = "COMPANION_CONFIG"
+DEFAULT_CONFIG: Final = Path("config.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    path: str = Field("data/companion.db", description="SQLite file, relative to the config file")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class InviteSettings(_Section):
+    ttl_days: int = Field(7, ge=1, le=90)
+    join_failure_limit: int = Field(5, ge=1, le=100)
+
+
+class DialogConfig(_Section):
+    locale: str = "en"
+    default_nudge_time: str = "18:00"
+    max_text_length: int = Field(4000, ge=200, le=100_000)
+
+    @field_validator("default_nudge_time")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        parsed = parse_clock_time(value)
+        if parsed is None:
+            raise ValueError("must be a time of day such as 18:00")
+        return parsed.strftime("%H:%M")
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        if not (Path(__file__).resolve().parent.parent / "prompts" / f"{value}.yaml").exists():
+            raise ValueError(f"no prompts/{value}.yaml")
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Precedence: environment, then config.yaml, then defaults.
+
+    Secrets never live in config.yaml: they come from environment variables
+    only (``DATABASE_URL``, and later the platform tokens).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="COMPANION_", env_nested_delimiter="__", extra="forbid")
+
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    database: DatabaseSettings = DatabaseSettings()
+    server: ServerSettings = ServerSettings()
+    invites: InviteSettings = InviteSettings()
+    dialog: DialogConfig = DialogConfig()
+    log_level: str = "INFO"
+
+    # Where relative paths in the file are resolved from (not a setting).
+    config_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment must win.
+        return (env_settings, init_settings)
+
+    @property
+    def url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.config_dir / self.database.path).resolve()}"
+
+    def dialog_settings(self) -> DialogSettings:
+        return DialogSettings(
+            invite_ttl=timedelta(days=self.invites.ttl_days),
+            join_failure_limit=self.invites.join_failure_limit,
+            max_text_length=self.dialog.max_text_length,
+            default_nudge_time=self.dialog.default_nudge_time,
+        )
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        problems.append(f"{key}: {message}")
+    return "; ".join(problems)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read settings from ``path`` (or $COMPANION_CONFIG, or ./config.yaml if present).
+
+    Raises :class:`ConfigError` naming the file, the key and what is wrong.
+    """
+    explicit = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    source = explicit or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    data: dict[str, Any] = {}
+    if source is not None:
+        if not source.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        try:
+            loaded = yaml.safe_load(source.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        data = loaded or {}
+    try:
+        return Settings(**data, config_dir=(source.resolve().parent if source else Path.cwd()))
+    except ValidationError as exc:
+        raise ConfigError(f"config error in {source or 'defaults'}: {_describe(exc)}") from exc

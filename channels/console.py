@@ -1,0 +1,79 @@
+"""The console channel: `companion chat` as a therapist or a client, one stdin line per message."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterable
+from typing import Final, TextIO
+
+from channels.base import render_plain
+from dialogs.engine import Engine
+from dialogs.messages import Inbound, Outbound
+from storage import Database
+from storage import queries as q
+
+NAME: Final = q.CONSOLE
+ROLES: Final = ("therapist", "client")
+
+
+def address(role: str, handle: str) -> str:
+    """Console chats are addressed ``therapist:NAME`` or ``client:HANDLE`` so roles never collide."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    handle = " ".join(handle.split())
+    if not handle:
+        raise ValueError("a console handle cannot be empty")
+    return f"{role}:{handle}"
+
+
+class ConsoleChannel:
+    """One participant's terminal: prints what waits in the outbox, then turns each line into a message.
+
+    Messages for this participant that were queued while they were away (a
+    homework the therapist set, later a nudge) are printed before any input
+    is read. A row is marked sent only after it was written to ``out``.
+    """
+
+    def __init__(self, *, db: Database, engine: Engine, chat: str, out: TextIO = sys.stdout) -> None:
+        self.db, self.engine, self.chat, self.out = db, engine, chat, out
+
+    def flush(self) -> int:
+        """Print and mark sent everything waiting for this chat; returns how many."""
+        printed = 0
+        with self.db.unit_of_work() as session:
+            for row in q.pending_outbox(session, channel=NAME, address=self.chat, limit=1000):
+                self.out.write(render_plain(Outbound.from_payload(row.payload)) + "\n\n")
+                self.out.flush()
+                q.mark_sent(session, message=row, now=self.engine.clock.now())
+                printed += 1
+        return printed
+
+    def handle_line(self, text: str) -> None:
+        inbound = Inbound(channel=NAME, address=self.chat, text=text, message_id=uuid.uuid4().hex)
+        with self.db.unit_of_work() as session:
+            self.engine.handle(session, inbound)
+        self.flush()
+
+    def run(self, lines: Iterable[str], *, prompt: str = "") -> None:
+        """Read lines until EOF. A line ending in a backslash continues on the next
+        line, so a multi-line message (``/homework NAME`` with ``field: value``
+        lines) can be typed or piped."""
+        self.flush()
+        self._prompt(prompt)
+        pending: list[str] = []
+        for raw in lines:
+            line = raw.rstrip("\r\n")
+            if line.endswith("\\"):
+                pending.append(line[:-1])
+                continue
+            self.handle_line("\n".join([*pending, line]))
+            pending.clear()
+            self._prompt(prompt)
+        if pending:
+            self.handle_line("\n".join(pending))
+
+    def _prompt(self, prompt: str) -> None:
+        if prompt:
+            self.out.write(prompt)
+            self.out.flush()

@@ -1,0 +1,360 @@
+"""Client flows: receiving homework, the guided debrief, obstacles, notes, pause and stop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from dialogs.homework import as_fields, details
+from dialogs.messages import Option
+from dialogs.turn import Turn, split_command
+from prompts import Extra
+from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework, LogEntry, Therapist
+from storage import queries as q
+
+
+def _client(turn: Turn) -> tuple[int, int]:
+    assert turn.client is not None and turn.client.id is not None
+    return turn.client.id, turn.client.therapist_id
+
+
+def _therapist_name(turn: Turn) -> str:
+    therapist = turn.session.get(Therapist, _client(turn)[1])
+    return therapist.name if therapist else ""
+
+
+def idle(turn: Turn) -> None:
+    """What a client's message means when no flow is under way."""
+    client = turn.client
+    assert client is not None
+    command, rest = split_command(turn.text)
+    if client.status == ClientStatus.STOPPED and command not in ("resume", "help"):
+        turn.say("client.while_stopped")
+        return
+    if command is not None:
+        handler = COMMANDS.get(command)
+        if handler is None:
+            if command in THERAPIST_ONLY:
+                turn.say("unknown.wrong_role")
+            else:
+                turn.say("common.unknown_command", command=f"/{command}")
+            return
+        handler(turn, rest)
+    elif turn.is_("done"):
+        start_debrief(turn, "")
+    elif turn.is_("not_done"):
+        start_obstacle(turn, "")
+    else:
+        turn.say("client.not_understood")
+
+
+# --- simple commands -----------------------------------------------------------
+
+
+def cmd_help(turn: Turn, _rest: str) -> None:
+    turn.say("client.help")
+
+
+def cmd_homework(turn: Turn, _rest: str) -> None:
+    homework = q.current_homework(turn.session, client_id=_client(turn)[0])
+    if homework is None:
+        turn.say("client.no_homework")
+        return
+    turn.say("client.current_homework", title=homework.title, details=details(turn.prompts, as_fields(homework)))
+
+
+def cmd_pause(turn: Turn, _rest: str) -> None:
+    client = turn.client
+    assert client is not None
+    if client.status == ClientStatus.PAUSED:
+        turn.say("client.already_paused")
+        return
+    client.status = ClientStatus.PAUSED
+    turn.session.add(client)
+    turn.say("client.paused")
+    turn.notify_therapist(client.therapist_id, "notify.client_paused", client=client.name)
+
+
+def cmd_resume(turn: Turn, _rest: str) -> None:
+    client = turn.client
+    assert client is not None
+    if client.status == ClientStatus.ACTIVE:
+        turn.say("client.not_paused")
+        return
+    client.status = ClientStatus.ACTIVE
+    turn.session.add(client)
+    turn.say("client.resumed")
+    turn.notify_therapist(client.therapist_id, "notify.client_resumed", client=client.name)
+
+
+def cmd_stop(turn: Turn, _rest: str) -> None:
+    client = turn.client
+    assert client is not None
+    client.status = ClientStatus.STOPPED
+    turn.session.add(client)
+    turn.idle()
+    turn.say("client.stopped", therapist=_therapist_name(turn))
+    turn.notify_therapist(client.therapist_id, "notify.client_stopped", client=client.name)
+
+
+# --- receiving homework ----------------------------------------------------------
+
+
+def _homework(turn: Turn) -> Homework | None:
+    homework = turn.session.get(Homework, turn.data.get("homework_id"))
+    if homework is None or homework.client_id != _client(turn)[0]:
+        turn.idle()
+        return None
+    return homework
+
+
+def delivery_own_words(turn: Turn) -> None:
+    homework = _homework(turn)
+    if homework is None:
+        return
+    homework.rationale_own_words = turn.free_text()
+    turn.session.add(homework)
+    turn.step("confidence")
+    turn.say("delivery.ask_confidence", kind="scale", options=turn.scale(0, 10))
+
+
+def delivery_confidence(turn: Turn) -> None:
+    homework = _homework(turn)
+    if homework is None:
+        return
+    confidence = turn.number(0, 10)
+    if confidence is None:
+        turn.say("delivery.bad_confidence", kind="scale", options=turn.scale(0, 10))
+        return
+    homework.confidence = confidence
+    turn.session.add(homework)
+    # Below 7/10 the task is probably too big (CBT_HOMEWORK.md: calibrate).
+    if confidence < 7:
+        turn.step("smaller")
+        turn.say("delivery.offer_smaller", kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
+        return
+    turn.idle()
+    turn.say("delivery.ready")
+
+
+def delivery_smaller(turn: Turn) -> None:
+    homework = _homework(turn)
+    if homework is None:
+        return
+    if turn.is_("yes"):
+        homework.smaller_version_wanted = True
+        turn.session.add(homework)
+        turn.idle()
+        name = _therapist_name(turn)
+        turn.say("delivery.noted_smaller", therapist=name)
+        assert turn.client is not None
+        turn.notify_therapist(
+            homework.therapist_id,
+            "notify.smaller_version",
+            client=turn.client.name,
+            title=homework.title,
+            confidence=homework.confidence,
+        )
+    elif turn.is_("no"):
+        turn.idle()
+        turn.say("delivery.ready")
+    else:
+        turn.say("join.consent_unclear", kind="choice", options=turn.yes_no())
+
+
+# --- debrief -------------------------------------------------------------------
+
+TEXT_STEPS: Final = ("what_happened", "surprised", "hard", "learned")
+_ASK: Final = {
+    "what_happened": "debrief.ask_happened",
+    "surprised": "debrief.ask_surprised",
+    "hard": "debrief.ask_hard",
+    "learned": "debrief.ask_learned",
+}
+
+
+def _current_or_explain(turn: Turn) -> Homework | None:
+    homework = q.current_homework(turn.session, client_id=_client(turn)[0])
+    if homework is None:
+        turn.say("debrief.no_homework")
+    return homework
+
+
+def start_debrief(turn: Turn, _rest: str) -> None:
+    homework = _current_or_explain(turn)
+    if homework is None:
+        return
+    debrief = _new_debrief(turn, homework, DebriefKind.DEBRIEF)
+    turn.goto("debrief", "what_happened", debrief_id=debrief.id)
+    turn.say("debrief.ask_happened", title=homework.title)
+
+
+def _new_debrief(turn: Turn, homework: Homework, kind: DebriefKind) -> Debrief:
+    client_id, _ = _client(turn)
+    debrief = Debrief(homework_id=homework.id or 0, client_id=client_id, kind=kind, started_at=turn.now)
+    turn.session.add(debrief)
+    turn.session.flush()
+    return debrief
+
+
+def _debrief(turn: Turn) -> Debrief | None:
+    debrief = turn.session.get(Debrief, turn.data.get("debrief_id"))
+    if debrief is None or debrief.client_id != _client(turn)[0]:
+        turn.idle()
+        turn.say("client.not_understood")
+        return None
+    return debrief
+
+
+def _extras(turn: Turn, debrief: Debrief) -> tuple[Extra, ...]:
+    homework = turn.session.get(Homework, debrief.homework_id)
+    kind = turn.prompts.homework_types.get(homework.type if homework else "custom")
+    return kind.extras if kind else ()
+
+
+def _ask_quantity(turn: Turn) -> None:
+    labels = {n: turn.t(f"quantity.{n}") for n in range(5)}
+    turn.say("debrief.ask_quantity", kind="scale", options=turn.scale(0, 4, labels))
+
+
+def _ask_extra(turn: Turn, extra: Extra) -> None:
+    options = turn.scale(extra.low, extra.high) if extra.high <= 10 else ()
+    turn.say_text(extra.question, kind="scale" if options else "text", options=options)
+
+
+def _after(turn: Turn, debrief: Debrief, step: str) -> None:
+    """Ask whatever comes after ``step``: the text questions, the type's extras, then the amount."""
+    extras = _extras(turn, debrief)
+    sequence = [*TEXT_STEPS, *(f"extra:{e.key}" for e in extras), "quantity"]
+    nxt = sequence[sequence.index(step) + 1]
+    turn.step(nxt)
+    if nxt in _ASK:
+        turn.say(_ASK[nxt])
+    elif nxt.startswith("extra:"):
+        _ask_extra(turn, next(e for e in extras if f"extra:{e.key}" == nxt))
+    else:
+        _ask_quantity(turn)
+
+
+def debrief_step(turn: Turn) -> None:
+    debrief = _debrief(turn)
+    if debrief is None:
+        return
+    step = turn.state.step
+    if step in TEXT_STEPS:
+        setattr(debrief, step, turn.free_text())
+    elif step.startswith("extra:"):
+        extra = next((e for e in _extras(turn, debrief) if f"extra:{e.key}" == step), None)
+        if extra is not None and not turn.is_("skip"):
+            value = turn.number(extra.low, extra.high)
+            if value is None:
+                turn.say("debrief.bad_rating", low=extra.low, high=extra.high)
+                return
+            debrief.ratings = {**debrief.ratings, extra.key: value}
+    elif step == "quantity":
+        quantity = turn.number(0, 4)
+        if quantity is None:
+            turn.say("debrief.bad_quantity")
+            return
+        debrief.quantity = quantity
+        debrief.status, debrief.completed_at = DebriefStatus.COMPLETE, turn.now
+        turn.session.add(debrief)
+        turn.idle()
+        turn.say("debrief.done", therapist=_therapist_name(turn))
+        return
+    turn.session.add(debrief)
+    _after(turn, debrief, step)
+
+
+# --- non-completion: problem-solving, never scolding ------------------------------
+
+
+def start_obstacle(turn: Turn, _rest: str) -> None:
+    homework = _current_or_explain(turn)
+    if homework is None:
+        return
+    debrief = _new_debrief(turn, homework, DebriefKind.OBSTACLE)
+    debrief.quantity = 0
+    turn.goto("obstacle", "what", debrief_id=debrief.id)
+    turn.say("obstacle.ask_what")
+
+
+def obstacle_step(turn: Turn) -> None:
+    debrief = _debrief(turn)
+    if debrief is None:
+        return
+    if turn.state.step == "what":
+        debrief.obstacle = turn.free_text()
+        turn.session.add(debrief)
+        turn.step("would_help")
+        turn.say("obstacle.ask_would_help")
+        return
+    debrief.would_help = turn.free_text()
+    debrief.status, debrief.completed_at = DebriefStatus.COMPLETE, turn.now
+    turn.session.add(debrief)
+    turn.idle()
+    turn.say("obstacle.done", therapist=_therapist_name(turn))
+
+
+# --- free notes ------------------------------------------------------------------
+
+
+def cmd_log(turn: Turn, rest: str) -> None:
+    if rest:
+        _log_text(turn, rest)
+    else:
+        turn.goto("log", "text")
+        turn.say("log.ask")
+
+
+def _log_text(turn: Turn, text: str) -> None:
+    homework = q.current_homework(turn.session, client_id=_client(turn)[0])
+    if homework is None:
+        _save_log(turn, text, None)
+        return
+    turn.goto("log", "attach", text=text, homework_id=homework.id)
+    turn.say("log.ask_attach", kind="choice", options=turn.yes_no(), title=homework.title)
+
+
+def _save_log(turn: Turn, text: str, homework_id: int | None) -> None:
+    turn.session.add(LogEntry(client_id=_client(turn)[0], homework_id=homework_id, text=text, created_at=turn.now))
+    turn.idle()
+    turn.say("log.saved")
+
+
+def log_step(turn: Turn) -> None:
+    if turn.state.step == "text":
+        _log_text(turn, turn.text)
+        return
+    if turn.is_("yes") or turn.is_("no"):
+        _save_log(turn, str(turn.data.get("text", "")), turn.data.get("homework_id") if turn.is_("yes") else None)
+    else:
+        turn.say("join.consent_unclear", kind="choice", options=turn.yes_no())
+
+
+COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
+    "help": cmd_help,
+    "homework": cmd_homework,
+    "done": start_debrief,
+    "debrief": start_debrief,
+    "didnt": start_obstacle,
+    "notdone": start_obstacle,
+    "log": cmd_log,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "stop": cmd_stop,
+}
+THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest"})
+
+FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
+    "delivery": lambda turn: {
+        "own_words": delivery_own_words,
+        "confidence": delivery_confidence,
+        "smaller": delivery_smaller,
+    }[turn.state.step](turn),
+    "debrief": debrief_step,
+    "obstacle": obstacle_step,
+    "log": log_step,
+}
+
+QUICK_OPTIONS: Final = (Option("done", "done"), Option("didn't do it", "didn't do it"))

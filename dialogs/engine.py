@@ -1,0 +1,136 @@
+"""The dialog engine: one inbound message in, state change and outbox rows out, in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from sqlmodel import Session
+
+from dialogs import client as client_flows
+from dialogs import onboarding, therapist
+from dialogs.clock import Clock
+from dialogs.homework import deliver_pending
+from dialogs.messages import Inbound
+from dialogs.turn import IDLE, DialogSettings, Turn, clean_text, split_command
+from prompts import Prompts
+from storage import Client, ClientStatus, OutboxMessage, Therapist
+from storage import queries as q
+
+Handler = Callable[[Turn], None]
+
+_CLIENT_FLOWS: Final[dict[str, Handler]] = {
+    **client_flows.FLOWS,
+    "join": lambda turn: onboarding.STEPS[turn.state.step](turn),
+}
+_THERAPIST_FLOWS: Final[dict[str, Handler]] = {therapist.DRAFT: therapist.draft_step}
+
+
+class Engine:
+    """Turns one inbound message into the chat's next state and the messages to send.
+
+    :meth:`handle` reads and writes only through ``session``, which belongs to
+    a unit of work the caller opens and commits: the new dialog state, the
+    records it wrote (debriefs, homework, notes) and the outbox rows land
+    together or not at all. Turns of one chat are serialised by a row lock on
+    its conversation state. The engine never talks to a platform; channel
+    adapters deliver the outbox.
+    """
+
+    def __init__(self, *, prompts: Prompts, clock: Clock, settings: DialogSettings | None = None) -> None:
+        self.prompts = prompts
+        self.clock = clock
+        self.settings = settings or DialogSettings()
+
+    def handle(self, session: Session, inbound: Inbound) -> list[OutboxMessage]:
+        """Handle ``inbound``; returns the outbox rows it queued (empty for a duplicate)."""
+        now = self.clock.now()
+        if not q.claim_inbound(session, channel=inbound.channel, message_id=inbound.message_id, now=now):
+            return []
+        state = q.conversation(session, channel=inbound.channel, address=inbound.address, now=now)
+        who = q.identity(session, channel=inbound.channel, address=inbound.address)
+        turn = Turn(
+            session=session,
+            now=now,
+            prompts=self.prompts,
+            settings=self.settings,
+            inbound=inbound,
+            text=clean_text(inbound.text),
+            state=state,
+            identity=who,
+            therapist=session.get(Therapist, who.therapist_id) if who and who.therapist_id else None,
+            client=session.get(Client, who.client_id) if who and who.client_id else None,
+        )
+        self._route(turn)
+        if turn.client is not None:
+            turn.client.last_contact_at = now
+            session.add(turn.client)
+            if state.flow == IDLE:
+                # A homework set while this client was busy goes out now.
+                _, messages = deliver_pending(session, prompts=self.prompts, client=turn.client, now=now)
+                turn.sends.extend(messages)
+        state.updated_at = now
+        session.add(state)
+        rows = [
+            q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now)
+            for channel, address, message in turn.sends
+        ]
+        session.flush()
+        return rows
+
+    def _route(self, turn: Turn) -> None:
+        if not turn.text:
+            turn.say("common.empty")
+            return
+        if len(turn.text) > self.settings.max_text_length:
+            turn.say("common.too_long", limit=self.settings.max_text_length)
+            return
+        if turn.therapist is not None:
+            self._therapist(turn)
+        elif turn.client is not None:
+            self._client(turn)
+        elif turn.state.flow == "join" and turn.state.step == "consent":
+            onboarding.consent(turn)
+        else:
+            turn.idle()
+            onboarding.stranger(turn)
+
+    def _therapist(self, turn: Turn) -> None:
+        command, _ = split_command(turn.text)
+        flow = _THERAPIST_FLOWS.get(turn.state.flow)
+        if flow is not None and command is None:
+            flow(turn)
+            return
+        if flow is not None and command == "cancel":
+            turn.idle()
+            turn.say("therapist.cancelled")
+            return
+        # A new command abandons a half-finished draft rather than mixing the two.
+        turn.idle()
+        therapist.idle(turn)
+
+    def _client(self, turn: Turn) -> None:
+        if turn.is_("is_bot"):
+            # Disclosure whenever asked, without losing the current step.
+            turn.say("client.is_bot")
+            return
+        assert turn.client is not None
+        joining = turn.state.flow == "join"
+        if not joining and onboarding.already_joined(turn):
+            return
+        command, _ = split_command(turn.text)
+        flow = _CLIENT_FLOWS.get(turn.state.flow)
+        if flow is not None and (command is None or joining):
+            flow(turn)
+            return
+        if turn.state.flow != IDLE and command == "cancel":
+            turn.idle()
+            turn.say("client.cancelled")
+            return
+        if turn.client.status == ClientStatus.INVITED:
+            turn.goto("join", "timezone", client_id=turn.client.id)
+            turn.say("join.ask_timezone")
+            return
+        # Any command leaves the current flow (answers so far are saved) and runs.
+        turn.idle()
+        client_flows.idle(turn)

@@ -1,0 +1,178 @@
+"""Homework as both sides see it: fields, specificity, and delivery to the client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any, Final
+
+from sqlmodel import Session
+
+from dialogs.messages import Outbound
+from dialogs.timeparse import parse_clock_time, parse_when, utc_to_local
+from dialogs.turn import IDLE
+from prompts import Prompts
+from storage import Client, ClientStatus, Homework, Therapist
+from storage import queries as q
+from storage.models import HOMEWORK_FIELDS
+
+SPECIFICITY: Final = ("what", "when", "where", "with_whom", "record", "rationale")
+"""The elements LeBeau et al. tie to compliance; the therapist is told which are missing."""
+
+DETAIL_FIELDS: Final = ("what", "when", "where", "with_whom", "record", "due")
+
+FIELD_ALIASES: Final[dict[str, str]] = {
+    "title": "title",
+    "name": "title",
+    "type": "type",
+    "kind": "type",
+    "what": "what",
+    "what exactly": "what",
+    "task": "what",
+    "when": "when",
+    "where": "where",
+    "with whom": "with_whom",
+    "with_whom": "with_whom",
+    "who": "with_whom",
+    "with": "with_whom",
+    "record": "record",
+    "what to record": "record",
+    "record how": "record",
+    "how": "record",
+    "rationale": "rationale",
+    "why": "rationale",
+    "due": "due",
+    "due date": "due",
+    "by": "due",
+    "nudges": "nudges",
+    "nudge times": "nudges",
+    "reminders": "nudges",
+    "reminder": "nudges",
+    "reminder times": "nudges",
+}
+
+
+def field_name(typed: str) -> str | None:
+    return FIELD_ALIASES.get(" ".join(typed.replace("_", " ").split()).casefold()) or (
+        typed if typed in HOMEWORK_FIELDS else None
+    )
+
+
+def parse_due(text: str, *, now: datetime, timezone: str) -> date | None:
+    """A due date typed by the therapist: the end of that day, in their time zone."""
+    when = parse_when(f"{text} 23:59", now=now, tz=timezone)
+    if when is None:
+        return None
+    return utc_to_local(when, timezone).date()
+
+
+def parse_nudges(text: str) -> str | None:
+    """``"8am, 18:30"`` → ``"08:00,18:30"``; None if any part is not a time."""
+    parts = [p for p in text.replace(" and ", ",").replace(";", ",").split(",") if p.strip()]
+    times = [parse_clock_time(p) for p in parts]
+    if not times or any(t is None for t in times):
+        return None
+    return ",".join(sorted({t.strftime("%H:%M") for t in times if t is not None}))
+
+
+def normalise_field(
+    field: str, value: str, *, prompts: Prompts, now: datetime, timezone: str
+) -> str | None:
+    """The stored form of a typed value, or None if it cannot be read.
+
+    Dates and times are validated here so the draft only ever holds values
+    that :func:`build_homework` can store.
+    """
+    if field == "type":
+        found = prompts.homework_type(value)
+        return found.key if found else None
+    if field == "due":
+        due = parse_due(value, now=now, timezone=timezone)
+        return due.isoformat() if due else None
+    if field == "nudges":
+        return parse_nudges(value)
+    return " ".join(value.split()) if field == "title" else value.strip()
+
+
+def missing_elements(draft: Mapping[str, Any]) -> list[str]:
+    return [f for f in SPECIFICITY if not draft.get(f)]
+
+
+def details(prompts: Prompts, fields: Mapping[str, Any], *, keys: tuple[str, ...] = DETAIL_FIELDS) -> str:
+    """The homework's given fields as "Label: value" lines."""
+    lines = []
+    for key in keys:
+        value = fields.get(key)
+        if value:
+            if key == "type":
+                value = prompts.homework_types[str(value)].label if value in prompts.homework_types else value
+            lines.append(f"{prompts.text(f'field.{key}')}: {value}")
+    return "\n".join(lines)
+
+
+def as_fields(homework: Homework) -> dict[str, Any]:
+    values = {f: getattr(homework, f) for f in HOMEWORK_FIELDS}
+    values["due"] = homework.due.isoformat() if homework.due else None
+    return values
+
+
+def build_homework(*, draft: Mapping[str, Any], client: Client, now: datetime) -> Homework:
+    assert client.id is not None
+    return Homework(
+        client_id=client.id,
+        therapist_id=client.therapist_id,
+        title=draft["title"],
+        type=draft.get("type") or "custom",
+        what=draft.get("what"),
+        when=draft.get("when"),
+        where=draft.get("where"),
+        with_whom=draft.get("with_whom"),
+        record=draft.get("record"),
+        rationale=draft.get("rationale"),
+        due=date.fromisoformat(draft["due"]) if draft.get("due") else None,
+        nudges=draft.get("nudges"),
+        created_at=now,
+    )
+
+
+def deliver_pending(
+    session: Session, *, prompts: Prompts, client: Client, now: datetime
+) -> tuple[str, list[tuple[str, str, Outbound]]]:
+    """Send the client their oldest undelivered homework if their chat is free.
+
+    Returns an outcome key (``delivered``, ``pending_join``, ``pending_busy``,
+    ``pending_inactive`` or ``none``) and the messages to enqueue. Delivery
+    starts the client's delivery flow (own words → confidence), so it only
+    happens when that chat is idle: a homework set mid-debrief waits until
+    the debrief ends, when the engine calls this again.
+    """
+    homework = q.undelivered_homework(session, client_id=client.id or 0)
+    if homework is None:
+        return "none", []
+    if client.status == ClientStatus.INVITED:
+        return "pending_join", []
+    if client.status != ClientStatus.ACTIVE:
+        return "pending_inactive", []
+    identity = q.latest_identity(session, client_id=client.id)
+    if identity is None:
+        return "pending_join", []
+    state = q.conversation(session, channel=identity.channel, address=identity.address, now=now)
+    if state.flow != IDLE:
+        return "pending_busy", []
+    therapist = session.get(Therapist, client.therapist_id)
+    assert therapist is not None
+    intro = prompts.text(
+        "delivery.intro", therapist=therapist.name, title=homework.title, details=details(prompts, as_fields(homework))
+    )
+    if homework.rationale:
+        intro += "\n\n" + prompts.text("delivery.rationale", rationale=homework.rationale)
+    homework.delivered_at = now
+    session.add(homework)
+    state.flow, state.step, state.data = "delivery", "own_words", {"homework_id": homework.id}
+    state.updated_at = now
+    session.add(state)
+    to = (identity.channel, identity.address)
+    return "delivered", [
+        (*to, Outbound(intro)),
+        (*to, Outbound(prompts.text("delivery.ask_own_words"))),
+    ]

@@ -1,0 +1,59 @@
+"""The platform-free message types that channels and the engine exchange."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MessageKind = Literal["text", "choice", "scale", "alert"]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One message from a person, as every channel adapter hands it to the engine.
+
+    ``address`` is the platform's id for the chat (a Telegram chat id, a
+    WhatsApp number, a console handle); ``message_id`` is the platform's id
+    for this message and is what duplicates are recognised by.
+    """
+
+    channel: str
+    address: str
+    text: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Option:
+    """A quick reply: ``value`` is what the engine understands if typed, ``label`` what is shown."""
+
+    value: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """What the engine wants said; each adapter renders it natively.
+
+    ``choice`` offers options (buttons on Telegram, numbered replies on
+    WhatsApp); ``scale`` is a numeric rating whose options are its points.
+    """
+
+    text: str
+    kind: MessageKind = "text"
+    options: tuple[Option, ...] = field(default=())
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "options": [{"value": o.value, "label": o.label} for o in self.options],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Outbound:
+        return cls(
+            text=str(payload["text"]),
+            kind=payload.get("kind", "text"),
+            options=tuple(Option(str(o["value"]), str(o["label"])) for o in payload.get("options", ())),
+        )

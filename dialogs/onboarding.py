@@ -1,0 +1,141 @@
+"""Strangers and joining: invite codes, consent, time zone and reminder time."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Final
+
+from dialogs.homework import deliver_pending
+from dialogs.timeparse import parse_clock_time, resolve_timezone
+from dialogs.turn import Turn, split_command
+from storage import Client, ClientStatus, Invite, Therapist
+from storage import queries as q
+
+CODE_ALPHABET: Final = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+"""Upper-case letters and digits without look-alikes (0/O, 1/I/L), read aloud or copied safely."""
+CODE_LENGTH: Final = 8
+# One code token, optionally split once by a dash or space as people copy it.
+_JOIN: Final = re.compile(
+    r"^\s*(?:/start|/join|join|start)(?:@\w+)?\s+([A-Za-z0-9]{3,6}[\- ]?[A-Za-z0-9]{3,6})\s*$", re.IGNORECASE
+)
+
+
+def new_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def join_code(text: str) -> str | None:
+    """The code in ``/start CODE`` or ``join CODE`` (spaces and dashes ignored), upper-cased."""
+    match = _JOIN.match(text)
+    return re.sub(r"[\s\-]", "", match.group(1)).upper() if match else None
+
+
+def stranger(turn: Turn) -> None:
+    """A chat that is nobody's yet: only a join attempt does anything.
+
+    Whatever else is sent, the reply is the same how-to-join text, so an
+    unknown sender learns nothing about who uses the companion.
+    """
+    code = join_code(turn.text)
+    if code is None:
+        turn.say("unknown.how_to_join")
+        return
+    start_join(turn, code)
+
+
+def start_join(turn: Turn, code: str) -> None:
+    channel, address = turn.inbound.channel, turn.inbound.address
+    since = turn.now - turn.settings.join_failure_window
+    failures = q.join_failures_since(turn.session, channel=channel, address=address, since=since)
+    if failures >= turn.settings.join_failure_limit:
+        turn.say("join.rate_limited")
+        return
+    invite = q.usable_invite(turn.session, code=code, now=turn.now)
+    if invite is None:
+        q.record_join_failure(turn.session, channel=channel, address=address, now=turn.now)
+        turn.idle()
+        turn.say("join.bad_code")
+        return
+    client, therapist = _people(turn, invite)
+    turn.goto("join", "consent", invite_id=invite.id)
+    turn.say("join.consent", kind="choice", options=turn.yes_no(), client=client.name, therapist=therapist.name)
+
+
+def _people(turn: Turn, invite: Invite) -> tuple[Client, Therapist]:
+    client = turn.session.get(Client, invite.client_id)
+    assert client is not None
+    therapist = turn.session.get(Therapist, client.therapist_id)
+    assert therapist is not None
+    return client, therapist
+
+
+def consent(turn: Turn) -> None:
+    code = join_code(turn.text)
+    if code is not None:  # a second /start restarts with that code
+        start_join(turn, code)
+        return
+    invite = turn.session.get(Invite, turn.data.get("invite_id"))
+    if invite is None or invite.used_at is not None or invite.expires_at <= turn.now:
+        turn.idle()
+        turn.say("join.bad_code")
+        return
+    client, therapist = _people(turn, invite)
+    if turn.is_("no"):
+        turn.idle()
+        turn.say("join.declined", therapist=therapist.name)
+        return
+    if not turn.is_("yes"):
+        turn.say("join.consent_unclear", kind="choice", options=turn.yes_no())
+        return
+    # Consent links this chat to the client and spends the code, in this one
+    # transaction: a code that changes hands later is already used.
+    linked = q.link_identity(
+        turn.session, channel=turn.inbound.channel, address=turn.inbound.address, now=turn.now, client_id=client.id
+    )
+    invite.used_at, invite.used_by_identity_id = turn.now, linked.id
+    client.consented_at = turn.now
+    turn.session.add_all([invite, client])
+    turn.goto("join", "timezone", client_id=client.id)
+    turn.say("join.ask_timezone")
+
+
+def timezone(turn: Turn) -> None:
+    zone = resolve_timezone(turn.text)
+    if zone is None:
+        turn.say("join.bad_timezone")
+        return
+    assert turn.client is not None
+    turn.client.timezone = zone
+    turn.session.add(turn.client)
+    turn.step("nudge_time")
+    turn.say("join.ask_nudge_time", timezone=zone)
+
+
+def nudge_time(turn: Turn) -> None:
+    at = parse_clock_time(turn.text)
+    if at is None:
+        turn.say("join.bad_nudge_time")
+        return
+    client = turn.client
+    assert client is not None and client.id is not None
+    client.nudge_time = at.strftime("%H:%M")
+    client.status = ClientStatus.ACTIVE
+    turn.session.add(client)
+    turn.idle()
+    turn.say("join.done", nudge_time=client.nudge_time, timezone=client.timezone)
+    turn.notify_therapist(client.therapist_id, "notify.client_joined", client=client.name)
+    _, messages = deliver_pending(turn.session, prompts=turn.prompts, client=client, now=turn.now)
+    turn.sends.extend(messages)
+
+
+def already_joined(turn: Turn) -> bool:
+    """A linked client who sends /start or /join again is told so instead of re-joining."""
+    command, _ = split_command(turn.text)
+    if command in ("start", "join"):
+        turn.say("join.already_joined")
+        return True
+    return False
+
+
+STEPS: Final = {"consent": consent, "timezone": timezone, "nudge_time": nudge_time}

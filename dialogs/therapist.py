@@ -1,0 +1,407 @@
+"""Therapist commands: invite, clients, homework (with its draft flow), session, digest."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy.exc import IntegrityError
+
+from dialogs.digest import plain_digest
+from dialogs.homework import (
+    as_fields,
+    build_homework,
+    deliver_pending,
+    details,
+    field_name,
+    missing_elements,
+    normalise_field,
+)
+from dialogs.onboarding import new_code
+from dialogs.timeparse import format_local, parse_when
+from dialogs.turn import Turn, split_command
+from storage import Client, ClientStatus, Homework, HomeworkStatus
+from storage import queries as q
+from storage.models import HOMEWORK_FIELDS
+
+DRAFT: Final = "homework_draft"
+# Fields the conversational flow asks for; title and type cannot be skipped.
+_REQUIRED: Final = ("title",)
+
+
+def idle(turn: Turn) -> None:
+    command, rest = split_command(turn.text)
+    if command is None:
+        # Bare words work too ("clients", "invite Sam"): Slack and Telegram
+        # users type commands both ways.
+        head, _, tail = turn.text.partition(" ")
+        if head.casefold() in COMMANDS:
+            command, rest = head.casefold(), tail.strip()
+    if command is None:
+        turn.say("therapist.help")
+        return
+    handler = COMMANDS.get(command)
+    if handler is None:
+        turn.say("common.unknown_command", command=f"/{command}")
+        return
+    handler(turn, rest)
+
+
+def _therapist_id(turn: Turn) -> int:
+    assert turn.therapist is not None and turn.therapist.id is not None
+    return turn.therapist.id
+
+
+def _split_client(turn: Turn, rest: str) -> tuple[Client | None, str]:
+    """The client whose name starts ``rest`` (longest match wins) and what follows it.
+
+    Names may contain spaces ("Sam Lee"), so the split is by known names, and
+    only this therapist's clients are candidates.
+    """
+    folded = rest.casefold()
+    best: tuple[Client | None, str] = (None, rest)
+    best_len = -1
+    for client in q.clients_of(turn.session, therapist_id=_therapist_id(turn)):
+        key = client.name_key
+        if folded == key or folded.startswith(key + " ") or folded.startswith(key + "\n"):
+            if len(key) > best_len:
+                best, best_len = (client, rest[len(key) :].strip()), len(key)
+    return best
+
+
+def _require_client(turn: Turn, rest: str, usage_key: str) -> tuple[Client, str] | None:
+    if not rest.strip():
+        turn.say("therapist.usage", usage=turn.t(usage_key))
+        return None
+    client, remainder = _split_client(turn, rest)
+    if client is None:
+        turn.say("therapist.no_such_client", name=rest.split("\n", 1)[0].strip()[:60])
+        return None
+    return client, remainder
+
+
+def _when(turn: Turn, value: object) -> str:
+    if not isinstance(value, datetime):
+        return turn.t("common.never")
+    return format_local(value, turn.therapist.timezone if turn.therapist else "UTC")
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def cmd_help(turn: Turn, _rest: str) -> None:
+    turn.say("therapist.help")
+
+
+def cmd_cancel(turn: Turn, _rest: str) -> None:
+    turn.say("therapist.nothing_to_cancel")
+
+
+def cmd_invite(turn: Turn, rest: str) -> None:
+    name = " ".join(rest.split())
+    if not name or len(name) > 80:
+        turn.say("therapist.usage", usage=turn.t("therapist.invite.usage"))
+        return
+    therapist_id = _therapist_id(turn)
+    client = q.client_by_name(turn.session, therapist_id=therapist_id, name=name)
+    if client is not None and client.status != ClientStatus.INVITED:
+        turn.say("therapist.invite.already_active", client=client.name)
+        return
+    if client is None:
+        client = q.create_client(turn.session, therapist_id=therapist_id, name=name, now=turn.now)
+    assert client.id is not None
+    for _attempt in range(5):  # a collision among 31^8 codes is rare; retry in a savepoint
+        try:
+            with turn.session.begin_nested():
+                invite = q.create_invite(
+                    turn.session, client_id=client.id, code=new_code(), now=turn.now, ttl=turn.settings.invite_ttl
+                )
+            break
+        except IntegrityError:
+            continue
+    else:  # pragma: no cover - astronomically unlikely
+        raise RuntimeError("could not generate a unique invite code")
+    turn.say(
+        "therapist.invite.created", client=client.name, code=invite.code, expires=_when(turn, invite.expires_at)
+    )
+
+
+def cmd_clients(turn: Turn, _rest: str) -> None:
+    clients = q.clients_of(turn.session, therapist_id=_therapist_id(turn))
+    if not clients:
+        turn.say("therapist.clients.empty")
+        return
+    lines = [turn.t("therapist.clients.header")]
+    for client in clients:
+        current = q.current_homework(turn.session, client_id=client.id or 0) or q.undelivered_homework(
+            turn.session, client_id=client.id or 0
+        )
+        lines.append(
+            turn.t(
+                "therapist.clients.line",
+                client=client.name,
+                status=client.status,
+                homework=f"#{current.id} {current.title}" if current else turn.t("therapist.clients.no_homework"),
+                last_contact=_when(turn, client.last_contact_at),
+            )
+        )
+    turn.say_text("\n".join(lines))
+
+
+def cmd_homeworks(turn: Turn, rest: str) -> None:
+    found = _require_client(turn, rest, "therapist.close.usage")
+    if found is None:
+        return
+    client, _ = found
+    homeworks = q.homeworks_of(turn.session, client_id=client.id or 0)
+    if not homeworks:
+        turn.say("therapist.homeworks.empty", client=client.name)
+        return
+    counts = q.debrief_counts(turn.session, homework_ids=[h.id for h in homeworks if h.id is not None])
+    lines = [turn.t("therapist.homeworks.header", client=client.name)]
+    for hw in homeworks:
+        lines.append(
+            turn.t(
+                "therapist.homeworks.line",
+                id=hw.id,
+                title=hw.title,
+                type=turn.prompts.homework_types[hw.type].label if hw.type in turn.prompts.homework_types else hw.type,
+                status=hw.status,
+                created=_when(turn, hw.created_at),
+                delivered=_when(turn, hw.delivered_at),
+                debriefs=counts.get(hw.id or 0, 0),
+            )
+        )
+    turn.say_text("\n".join(lines))
+
+
+def cmd_close(turn: Turn, rest: str) -> None:
+    found = _require_client(turn, rest, "therapist.close.usage")
+    if found is None:
+        return
+    client, remainder = found
+    match = re.fullmatch(r"#?(\d{1,9})", remainder.strip())
+    if match is None:
+        turn.say("therapist.usage", usage=turn.t("therapist.close.usage"))
+        return
+    homework = turn.session.get(Homework, int(match.group(1)))
+    if homework is None or homework.client_id != client.id:
+        turn.say("therapist.close.not_found", client=client.name, id=match.group(1))
+        return
+    if homework.status == HomeworkStatus.CLOSED:
+        turn.say("therapist.close.already", id=homework.id)
+        return
+    homework.status, homework.closed_at = HomeworkStatus.CLOSED, turn.now
+    turn.session.add(homework)
+    turn.say("therapist.close.done", id=homework.id, title=homework.title, client=client.name)
+
+
+def cmd_session(turn: Turn, rest: str) -> None:
+    found = _require_client(turn, rest, "therapist.session.usage")
+    if found is None:
+        return
+    client, when_text = found
+    assert turn.therapist is not None
+    if not when_text:
+        turn.say("therapist.usage", usage=turn.t("therapist.session.usage"))
+        return
+    when = parse_when(when_text, now=turn.now, tz=turn.therapist.timezone)
+    if when is None:
+        turn.say("therapist.session.bad_when", when=when_text[:80], timezone=turn.therapist.timezone)
+        return
+    # The appointment that has passed becomes "the last session", which is
+    # where the next digest's period starts.
+    if client.next_session_at is not None and client.next_session_at <= turn.now:
+        client.last_session_at = client.next_session_at
+    client.next_session_at = when
+    turn.session.add(client)
+    turn.say("therapist.session.set", client=client.name, when=_when(turn, when))
+
+
+def cmd_digest(turn: Turn, rest: str) -> None:
+    assert turn.therapist is not None
+    if rest.strip():
+        found = _require_client(turn, rest, "therapist.close.usage")
+        if found is None:
+            return
+        clients = [found[0]]
+    else:
+        clients = list(q.clients_of(turn.session, therapist_id=_therapist_id(turn)))
+    if not clients:
+        turn.say("digest.no_clients")
+        return
+    for client in clients:
+        turn.say_text(
+            plain_digest(turn.session, prompts=turn.prompts, client=client, therapist=turn.therapist, now=turn.now)
+        )
+
+
+# --- the homework draft --------------------------------------------------------
+
+
+def cmd_homework(turn: Turn, rest: str) -> None:
+    name_line, _, field_lines = rest.partition("\n")
+    found = _require_client(turn, name_line, "therapist.usage")
+    if found is None:
+        return
+    client, _ = found
+    if not field_lines.strip():
+        turn.goto(DRAFT, "title", client_id=client.id, draft={})
+        turn.say("therapist.homework.ask_title", client=client.name)
+        return
+    # Power users: all fields at once as "field: value" lines.
+    draft: dict[str, str] = {}
+    for line in field_lines.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        field = field_name(key) if sep else None
+        if field is None:
+            turn.say("therapist.homework.bad_field", field=key.strip()[:40], fields=", ".join(HOMEWORK_FIELDS))
+            return
+        normalised = normalise_field(
+            field, value, prompts=turn.prompts, now=turn.now, timezone=turn.therapist.timezone if turn.therapist else "UTC"
+        )
+        if normalised is None and value.strip():
+            turn.say(f"therapist.homework.bad_{field}" if field in ("type", "due", "nudges") else "therapist.homework.bad_field",
+                     types=_types(turn), field=key.strip()[:40], fields=", ".join(HOMEWORK_FIELDS), client=client.name)
+            return
+        if normalised:
+            draft[field] = normalised
+    if not draft.get("title"):
+        turn.goto(DRAFT, "title", client_id=client.id, draft=draft)
+        turn.say("therapist.homework.ask_title", client=client.name)
+        return
+    turn.goto(DRAFT, "review", client_id=client.id, draft=draft)
+    if missing_elements(draft):
+        _review(turn, client)
+    else:
+        _save(turn, client)
+
+
+def _types(turn: Turn) -> str:
+    return " · ".join(f"{i} {t.label}" for i, t in enumerate(turn.prompts.homework_types.values(), start=1))
+
+
+def _ask(turn: Turn, field: str, client: Client) -> None:
+    turn.say(
+        f"therapist.homework.ask_{field}",
+        client=client.name,
+        skip=turn.t("common.skip_hint"),
+        types=_types(turn),
+        default=client.nudge_time or turn.settings.default_nudge_time,
+    )
+
+
+def _draft_client(turn: Turn) -> Client | None:
+    client = turn.session.get(Client, turn.data.get("client_id"))
+    if client is None or client.therapist_id != _therapist_id(turn):
+        turn.idle()
+        turn.say("therapist.cancelled")
+        return None
+    return client
+
+
+def draft_field(turn: Turn) -> None:
+    """An answer to one field's question (step name = field), then the next field or review."""
+    client = _draft_client(turn)
+    if client is None:
+        return
+    field = turn.state.step.removeprefix("edit:")
+    editing = turn.state.step.startswith("edit:")
+    draft = dict(turn.data.get("draft", {}))
+    if turn.is_("skip") and field not in _REQUIRED:
+        draft.pop(field, None)
+    else:
+        assert turn.therapist is not None
+        value = normalise_field(field, turn.text, prompts=turn.prompts, now=turn.now, timezone=turn.therapist.timezone)
+        if not value:
+            key = f"therapist.homework.bad_{field}" if field in ("type", "due", "nudges") else f"therapist.homework.ask_{field}"
+            turn.say(key, types=_types(turn), client=client.name, skip=turn.t("common.skip_hint"),
+                     default=client.nudge_time or turn.settings.default_nudge_time)
+            return
+        draft[field] = value
+    order = list(HOMEWORK_FIELDS)
+    nxt = None if editing or field == order[-1] else order[order.index(field) + 1]
+    if nxt is None:
+        turn.step("review", draft=draft)
+        _review(turn, client)
+    else:
+        turn.step(nxt, draft=draft)
+        _ask(turn, nxt, client)
+
+
+def _review(turn: Turn, client: Client) -> None:
+    draft = turn.data.get("draft", {})
+    missing = missing_elements(draft)
+    text = turn.t(
+        "therapist.homework.review",
+        client=client.name,
+        summary=details(turn.prompts, draft, keys=HOMEWORK_FIELDS),
+    )
+    if missing:
+        text += "\n" + turn.t(
+            "therapist.homework.missing", missing=", ".join(turn.t(f"therapist.missing.{m}") for m in missing)
+        )
+    else:
+        text += "\n" + turn.t("therapist.homework.complete")
+    text += "\n" + turn.t(
+        "therapist.homework.review_options",
+        anyway=turn.t("therapist.homework.save_anyway") if missing else "",
+        fields=", ".join(HOMEWORK_FIELDS),
+    )
+    turn.say_text(text)
+
+
+def draft_review(turn: Turn) -> None:
+    client = _draft_client(turn)
+    if client is None:
+        return
+    if turn.is_("save"):
+        _save(turn, client)
+        return
+    head, _, rest = turn.text.partition(" ")
+    if head.casefold() == "edit":
+        field = field_name(rest)
+        if field is None:
+            turn.say("therapist.homework.bad_field", field=rest[:40], fields=", ".join(HOMEWORK_FIELDS))
+            return
+        turn.step(f"edit:{field}")
+        _ask(turn, field, client)
+        return
+    _review(turn, client)
+
+
+def _save(turn: Turn, client: Client) -> None:
+    homework = build_homework(draft=turn.data.get("draft", {}), client=client, now=turn.now)
+    turn.session.add(homework)
+    turn.session.flush()
+    turn.idle()
+    outcome, messages = deliver_pending(turn.session, prompts=turn.prompts, client=client, now=turn.now)
+    turn.sends.extend(messages)
+    if outcome == "none":  # an older undelivered homework is ahead of this one
+        outcome = "pending_busy"
+    turn.say(f"therapist.homework.{outcome}", id=homework.id, client=client.name, status=client.status)
+
+
+def draft_step(turn: Turn) -> None:
+    if turn.state.step == "review":
+        draft_review(turn)
+    else:
+        draft_field(turn)
+
+
+COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
+    "help": cmd_help,
+    "start": cmd_help,
+    "cancel": cmd_cancel,
+    "invite": cmd_invite,
+    "clients": cmd_clients,
+    "homework": cmd_homework,
+    "homeworks": cmd_homeworks,
+    "close": cmd_close,
+    "session": cmd_session,
+    "digest": cmd_digest,
+}

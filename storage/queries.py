@@ -1,0 +1,283 @@
+"""The few queries the rest of the companion needs; none of them commits.
+
+Every function takes the caller's session (its unit of work) and keyword
+arguments. Lookups that serve a therapist are scoped by ``therapist_id`` here,
+so no handler can reach another therapist's client by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from storage.models import (
+    Client,
+    ConversationState,
+    Debrief,
+    DebriefStatus,
+    Homework,
+    HomeworkStatus,
+    Identity,
+    Invite,
+    JoinFailure,
+    LogEntry,
+    OutboxMessage,
+    ProcessedInbound,
+    Therapist,
+)
+
+CONSOLE = "console"
+
+
+def name_key(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+# --- inbound bookkeeping -----------------------------------------------------
+
+
+def claim_inbound(session: Session, *, channel: str, message_id: str, now: datetime) -> bool:
+    """Record ``message_id`` as handled; False if it was handled before (a redelivery).
+
+    The unique constraint makes a concurrent duplicate fail at commit, so the
+    platform retries and then sees it here; either way it is handled once.
+    """
+    seen = session.exec(
+        select(ProcessedInbound.id).where(
+            ProcessedInbound.channel == channel, ProcessedInbound.message_id == message_id
+        )
+    ).first()
+    if seen is not None:
+        return False
+    session.add(ProcessedInbound(channel=channel, message_id=message_id, received_at=now))
+    return True
+
+
+def conversation(session: Session, *, channel: str, address: str, now: datetime) -> ConversationState:
+    """The chat's dialog state, locked for this transaction (created idle if new).
+
+    ``FOR UPDATE`` serialises turns of one chat across processes on PostgreSQL;
+    SQLite serialises all writers anyway.
+    """
+    statement = (
+        select(ConversationState)
+        .where(ConversationState.channel == channel, ConversationState.address == address)
+        .with_for_update()
+    )
+    state = session.exec(statement).first()
+    if state is None:
+        state = ConversationState(channel=channel, address=address, updated_at=now)
+        session.add(state)
+        session.flush()
+    return state
+
+
+def conversation_if_exists(session: Session, *, channel: str, address: str) -> ConversationState | None:
+    return session.exec(
+        select(ConversationState)
+        .where(ConversationState.channel == channel, ConversationState.address == address)
+        .with_for_update()
+    ).first()
+
+
+# --- people ------------------------------------------------------------------
+
+
+def identity(session: Session, *, channel: str, address: str) -> Identity | None:
+    return session.exec(
+        select(Identity).where(Identity.channel == channel, Identity.address == address)
+    ).first()
+
+
+def latest_identity(
+    session: Session, *, client_id: int | None = None, therapist_id: int | None = None
+) -> Identity | None:
+    """Where to reach a person: the account they linked most recently."""
+    statement = select(Identity)
+    if client_id is not None:
+        statement = statement.where(Identity.client_id == client_id)
+    elif therapist_id is not None:
+        statement = statement.where(Identity.therapist_id == therapist_id)
+    else:
+        raise ValueError("client_id or therapist_id is required")
+    return session.exec(statement.order_by(col(Identity.id).desc())).first()
+
+
+def link_identity(
+    session: Session,
+    *,
+    channel: str,
+    address: str,
+    now: datetime,
+    client_id: int | None = None,
+    therapist_id: int | None = None,
+) -> Identity:
+    found = identity(session, channel=channel, address=address)
+    if found is None:
+        found = Identity(channel=channel, address=address, created_at=now)
+    found.client_id, found.therapist_id = client_id, therapist_id
+    session.add(found)
+    session.flush()
+    return found
+
+
+def therapist_by_name(session: Session, *, name: str) -> Therapist | None:
+    return session.exec(
+        select(Therapist).where(func.lower(Therapist.name) == name_key(name))
+    ).first()
+
+
+def add_therapist(session: Session, *, name: str, timezone: str, now: datetime) -> Therapist:
+    """Create a therapist and the console identity the CLI chats as."""
+    therapist = Therapist(name=" ".join(name.split()), timezone=timezone, created_at=now)
+    session.add(therapist)
+    session.flush()
+    link_identity(
+        session, channel=CONSOLE, address=f"therapist:{therapist.name}", now=now, therapist_id=therapist.id
+    )
+    return therapist
+
+
+def client_by_name(session: Session, *, therapist_id: int, name: str) -> Client | None:
+    return session.exec(
+        select(Client).where(Client.therapist_id == therapist_id, Client.name_key == name_key(name))
+    ).first()
+
+
+def clients_of(session: Session, *, therapist_id: int) -> Sequence[Client]:
+    return session.exec(
+        select(Client).where(Client.therapist_id == therapist_id).order_by(Client.name_key)
+    ).all()
+
+
+def create_client(session: Session, *, therapist_id: int, name: str, now: datetime) -> Client:
+    clean = " ".join(name.split())
+    client = Client(therapist_id=therapist_id, name=clean, name_key=name_key(clean), created_at=now)
+    session.add(client)
+    session.flush()
+    return client
+
+
+# --- invites -----------------------------------------------------------------
+
+
+def create_invite(session: Session, *, client_id: int, code: str, now: datetime, ttl: timedelta) -> Invite:
+    invite = Invite(code=code, client_id=client_id, created_at=now, expires_at=now + ttl)
+    session.add(invite)
+    session.flush()
+    return invite
+
+
+def usable_invite(session: Session, *, code: str, now: datetime) -> Invite | None:
+    """The unused, unexpired invite with this code (codes are stored upper-case)."""
+    return session.exec(
+        select(Invite).where(
+            Invite.code == code.upper(), col(Invite.used_at).is_(None), Invite.expires_at > now
+        )
+    ).first()
+
+
+def join_failures_since(session: Session, *, channel: str, address: str, since: datetime) -> int:
+    return session.exec(
+        select(func.count())
+        .select_from(JoinFailure)
+        .where(JoinFailure.channel == channel, JoinFailure.address == address, JoinFailure.at >= since)
+    ).one()
+
+
+def record_join_failure(session: Session, *, channel: str, address: str, now: datetime) -> None:
+    session.add(JoinFailure(channel=channel, address=address, at=now))
+
+
+# --- homework and what the client recorded ------------------------------------
+
+
+def current_homework(session: Session, *, client_id: int) -> Homework | None:
+    """The most recently delivered open homework: what "done" refers to."""
+    return session.exec(
+        select(Homework)
+        .where(
+            Homework.client_id == client_id,
+            Homework.status == HomeworkStatus.OPEN,
+            col(Homework.delivered_at).is_not(None),
+        )
+        .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
+    ).first()
+
+
+def undelivered_homework(session: Session, *, client_id: int) -> Homework | None:
+    return session.exec(
+        select(Homework)
+        .where(
+            Homework.client_id == client_id,
+            Homework.status == HomeworkStatus.OPEN,
+            col(Homework.delivered_at).is_(None),
+        )
+        .order_by(col(Homework.id))
+    ).first()
+
+
+def homeworks_of(session: Session, *, client_id: int) -> Sequence[Homework]:
+    return session.exec(
+        select(Homework).where(Homework.client_id == client_id).order_by(col(Homework.id))
+    ).all()
+
+
+def debrief_counts(session: Session, *, homework_ids: Sequence[int]) -> dict[int, int]:
+    if not homework_ids:
+        return {}
+    rows = session.exec(
+        select(Debrief.homework_id, func.count())
+        .where(col(Debrief.homework_id).in_(homework_ids), Debrief.status == DebriefStatus.COMPLETE)
+        .group_by(Debrief.homework_id)
+    ).all()
+    return {homework_id: count for homework_id, count in rows}
+
+
+def debriefs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[Debrief]:
+    return session.exec(
+        select(Debrief)
+        .where(Debrief.client_id == client_id, Debrief.started_at >= since)
+        .order_by(col(Debrief.started_at))
+    ).all()
+
+
+def logs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[LogEntry]:
+    return session.exec(
+        select(LogEntry)
+        .where(LogEntry.client_id == client_id, LogEntry.created_at >= since)
+        .order_by(col(LogEntry.created_at))
+    ).all()
+
+
+# --- outbox ------------------------------------------------------------------
+
+
+def enqueue(
+    session: Session, *, channel: str, address: str, payload: dict[str, Any], now: datetime
+) -> OutboxMessage:
+    message = OutboxMessage(channel=channel, address=address, payload=payload, created_at=now)
+    session.add(message)
+    return message
+
+
+def pending_outbox(
+    session: Session, *, channel: str, address: str | None = None, limit: int = 100
+) -> Sequence[OutboxMessage]:
+    """Unsent messages for a channel (optionally one chat), oldest first, locked for sending."""
+    statement = select(OutboxMessage).where(
+        OutboxMessage.channel == channel, col(OutboxMessage.sent_at).is_(None)
+    )
+    if address is not None:
+        statement = statement.where(OutboxMessage.address == address)
+    return session.exec(statement.order_by(col(OutboxMessage.id)).limit(limit).with_for_update()).all()
+
+
+def mark_sent(session: Session, *, message: OutboxMessage, now: datetime) -> None:
+    message.sent_at = now
+    message.attempts += 1
+    session.add(message)
