@@ -79,7 +79,9 @@ def chat(
         with companion.db.unit_of_work() as session:
             therapist = q.therapist_by_name(session, name=handle)
             if therapist is None:
-                typer.echo(f"error: no therapist called {handle!r}; add one with `companion therapist add NAME`", err=True)
+                typer.echo(
+                    f"error: no therapist called {handle!r}; add one with `companion therapist add NAME`", err=True
+                )
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
     channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)

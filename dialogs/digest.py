@@ -14,6 +14,7 @@ from storage import Client, DebriefKind, DebriefStatus, HomeworkStatus, Therapis
 from storage import queries as q
 
 DEFAULT_PERIOD: Final = timedelta(days=7)
+_SAID: Final = (("what_happened", "happened"), ("surprised", "surprised"), ("hard", "hard"), ("learned", "learned"))
 QUOTE_LIMIT: Final = 280  # the full text stays in the database; the digest trims for reading
 
 
@@ -51,7 +52,9 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
     for hw in homeworks:
         kind = prompts.homework_types.get(hw.type)
         lines.append("")
-        lines.append(t("digest.homework", id=hw.id, title=hw.title, type=kind.label if kind else hw.type, status=hw.status))
+        lines.append(
+            t("digest.homework", id=hw.id, title=hw.title, type=kind.label if kind else hw.type, status=hw.status)
+        )
         fields = {f: getattr(hw, f) for f in SPECIFICITY}
         given = [t(f"therapist.missing.{f}") for f in SPECIFICITY if fields.get(f)]
         missing = [t(f"therapist.missing.{f}") for f in missing_elements(fields)]
@@ -75,7 +78,7 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
         lines.append(t("digest.quantity", count=len(done), ratings=ratings))
         for d in done:
             lines.append(t("digest.debrief_line", when=format_local(d.started_at, tz), quantity=d.quantity))
-            for field, key in (("what_happened", "happened"), ("surprised", "surprised"), ("hard", "hard"), ("learned", "learned")):
+            for field, key in _SAID:
                 if getattr(d, field):
                     lines.append(t(f"digest.said_{key}", text=_quote(getattr(d, field))))
             if d.ratings:

@@ -75,9 +75,7 @@ def parse_nudges(text: str) -> str | None:
     return ",".join(sorted({t.strftime("%H:%M") for t in times if t is not None}))
 
 
-def normalise_field(
-    field: str, value: str, *, prompts: Prompts, now: datetime, timezone: str
-) -> str | None:
+def normalise_field(field: str, value: str, *, prompts: Prompts, now: datetime, timezone: str) -> str | None:
     """The stored form of a typed value, or None if it cannot be read.
 
     Dates and times are validated here so the draft only ever holds values

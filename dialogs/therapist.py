@@ -11,7 +11,6 @@ from sqlalchemy.exc import IntegrityError
 
 from dialogs.digest import plain_digest
 from dialogs.homework import (
-    as_fields,
     build_homework,
     deliver_pending,
     details,
@@ -65,9 +64,9 @@ def _split_client(turn: Turn, rest: str) -> tuple[Client | None, str]:
     best_len = -1
     for client in q.clients_of(turn.session, therapist_id=_therapist_id(turn)):
         key = client.name_key
-        if folded == key or folded.startswith(key + " ") or folded.startswith(key + "\n"):
-            if len(key) > best_len:
-                best, best_len = (client, rest[len(key) :].strip()), len(key)
+        starts = folded == key or folded.startswith((key + " ", key + "\n"))
+        if starts and len(key) > best_len:
+            best, best_len = (client, rest[len(key) :].strip()), len(key)
     return best
 
 
@@ -123,9 +122,7 @@ def cmd_invite(turn: Turn, rest: str) -> None:
             continue
     else:  # pragma: no cover - astronomically unlikely
         raise RuntimeError("could not generate a unique invite code")
-    turn.say(
-        "therapist.invite.created", client=client.name, code=invite.code, expires=_when(turn, invite.expires_at)
-    )
+    turn.say("therapist.invite.created", client=client.name, code=invite.code, expires=_when(turn, invite.expires_at))
 
 
 def cmd_clients(turn: Turn, _rest: str) -> None:
@@ -261,12 +258,9 @@ def cmd_homework(turn: Turn, rest: str) -> None:
         if field is None:
             turn.say("therapist.homework.bad_field", field=key.strip()[:40], fields=", ".join(HOMEWORK_FIELDS))
             return
-        normalised = normalise_field(
-            field, value, prompts=turn.prompts, now=turn.now, timezone=turn.therapist.timezone if turn.therapist else "UTC"
-        )
+        normalised = _normalise(turn, field, value)
         if normalised is None and value.strip():
-            turn.say(f"therapist.homework.bad_{field}" if field in ("type", "due", "nudges") else "therapist.homework.bad_field",
-                     types=_types(turn), field=key.strip()[:40], fields=", ".join(HOMEWORK_FIELDS), client=client.name)
+            _bad_value(turn, field, client)
             return
         if normalised:
             draft[field] = normalised
@@ -279,6 +273,22 @@ def cmd_homework(turn: Turn, rest: str) -> None:
         _review(turn, client)
     else:
         _save(turn, client)
+
+
+_VALIDATED: Final = ("type", "due", "nudges")
+
+
+def _normalise(turn: Turn, field: str, value: str) -> str | None:
+    assert turn.therapist is not None
+    return normalise_field(field, value, prompts=turn.prompts, now=turn.now, timezone=turn.therapist.timezone)
+
+
+def _bad_value(turn: Turn, field: str, client: Client) -> None:
+    """Say why a value was not taken: the field's own error, or its question again."""
+    if field in _VALIDATED:
+        turn.say(f"therapist.homework.bad_{field}", types=_types(turn))
+    else:
+        _ask(turn, field, client)
 
 
 def _types(turn: Turn) -> str:
@@ -312,15 +322,15 @@ def draft_field(turn: Turn) -> None:
     field = turn.state.step.removeprefix("edit:")
     editing = turn.state.step.startswith("edit:")
     draft = dict(turn.data.get("draft", {}))
-    if turn.is_("skip") and field not in _REQUIRED:
+    if turn.is_("skip"):
+        if field in _REQUIRED:
+            _ask(turn, field, client)
+            return
         draft.pop(field, None)
     else:
-        assert turn.therapist is not None
-        value = normalise_field(field, turn.text, prompts=turn.prompts, now=turn.now, timezone=turn.therapist.timezone)
+        value = _normalise(turn, field, turn.text)
         if not value:
-            key = f"therapist.homework.bad_{field}" if field in ("type", "due", "nudges") else f"therapist.homework.ask_{field}"
-            turn.say(key, types=_types(turn), client=client.name, skip=turn.t("common.skip_hint"),
-                     default=client.nudge_time or turn.settings.default_nudge_time)
+            _bad_value(turn, field, client)
             return
         draft[field] = value
     order = list(HOMEWORK_FIELDS)

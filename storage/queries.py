@@ -88,9 +88,7 @@ def conversation_if_exists(session: Session, *, channel: str, address: str) -> C
 
 
 def identity(session: Session, *, channel: str, address: str) -> Identity | None:
-    return session.exec(
-        select(Identity).where(Identity.channel == channel, Identity.address == address)
-    ).first()
+    return session.exec(select(Identity).where(Identity.channel == channel, Identity.address == address)).first()
 
 
 def latest_identity(
@@ -126,9 +124,7 @@ def link_identity(
 
 
 def therapist_by_name(session: Session, *, name: str) -> Therapist | None:
-    return session.exec(
-        select(Therapist).where(func.lower(Therapist.name) == name_key(name))
-    ).first()
+    return session.exec(select(Therapist).where(func.lower(Therapist.name) == name_key(name))).first()
 
 
 def add_therapist(session: Session, *, name: str, timezone: str, now: datetime) -> Therapist:
@@ -136,9 +132,7 @@ def add_therapist(session: Session, *, name: str, timezone: str, now: datetime) 
     therapist = Therapist(name=" ".join(name.split()), timezone=timezone, created_at=now)
     session.add(therapist)
     session.flush()
-    link_identity(
-        session, channel=CONSOLE, address=f"therapist:{therapist.name}", now=now, therapist_id=therapist.id
-    )
+    link_identity(session, channel=CONSOLE, address=f"therapist:{therapist.name}", now=now, therapist_id=therapist.id)
     return therapist
 
 
@@ -149,9 +143,7 @@ def client_by_name(session: Session, *, therapist_id: int, name: str) -> Client 
 
 
 def clients_of(session: Session, *, therapist_id: int) -> Sequence[Client]:
-    return session.exec(
-        select(Client).where(Client.therapist_id == therapist_id).order_by(Client.name_key)
-    ).all()
+    return session.exec(select(Client).where(Client.therapist_id == therapist_id).order_by(Client.name_key)).all()
 
 
 def create_client(session: Session, *, therapist_id: int, name: str, now: datetime) -> Client:
@@ -175,9 +167,7 @@ def create_invite(session: Session, *, client_id: int, code: str, now: datetime,
 def usable_invite(session: Session, *, code: str, now: datetime) -> Invite | None:
     """The unused, unexpired invite with this code (codes are stored upper-case)."""
     return session.exec(
-        select(Invite).where(
-            Invite.code == code.upper(), col(Invite.used_at).is_(None), Invite.expires_at > now
-        )
+        select(Invite).where(Invite.code == code.upper(), col(Invite.used_at).is_(None), Invite.expires_at > now)
     ).first()
 
 
@@ -222,9 +212,7 @@ def undelivered_homework(session: Session, *, client_id: int) -> Homework | None
 
 
 def homeworks_of(session: Session, *, client_id: int) -> Sequence[Homework]:
-    return session.exec(
-        select(Homework).where(Homework.client_id == client_id).order_by(col(Homework.id))
-    ).all()
+    return session.exec(select(Homework).where(Homework.client_id == client_id).order_by(col(Homework.id))).all()
 
 
 def debrief_counts(session: Session, *, homework_ids: Sequence[int]) -> dict[int, int]:
@@ -257,9 +245,7 @@ def logs_since(session: Session, *, client_id: int, since: datetime) -> Sequence
 # --- outbox ------------------------------------------------------------------
 
 
-def enqueue(
-    session: Session, *, channel: str, address: str, payload: dict[str, Any], now: datetime
-) -> OutboxMessage:
+def enqueue(session: Session, *, channel: str, address: str, payload: dict[str, Any], now: datetime) -> OutboxMessage:
     message = OutboxMessage(channel=channel, address=address, payload=payload, created_at=now)
     session.add(message)
     return message
@@ -269,9 +255,7 @@ def pending_outbox(
     session: Session, *, channel: str, address: str | None = None, limit: int = 100
 ) -> Sequence[OutboxMessage]:
     """Unsent messages for a channel (optionally one chat), oldest first, locked for sending."""
-    statement = select(OutboxMessage).where(
-        OutboxMessage.channel == channel, col(OutboxMessage.sent_at).is_(None)
-    )
+    statement = select(OutboxMessage).where(OutboxMessage.channel == channel, col(OutboxMessage.sent_at).is_(None))
     if address is not None:
         statement = statement.where(OutboxMessage.address == address)
     return session.exec(statement.order_by(col(OutboxMessage.id)).limit(limit).with_for_update()).all()

@@ -23,7 +23,7 @@ MONDAY = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests must not pick up an operator's DATABASE_URL or COMPANION_* settings."""
     for name in list(os.environ):
-        if name == "DATABASE_URL" or name.startswith("COMPANION_") and name != "COMPANION_TEST_POSTGRES_URL":
+        if name == "DATABASE_URL" or (name.startswith("COMPANION_") and name != "COMPANION_TEST_POSTGRES_URL"):
             monkeypatch.delenv(name)
 
 
