@@ -37,8 +37,11 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
-def _companion(config: Path | None) -> Companion:
-    return build(_settings(config))
+def _companion(config: Path | None, *, quiet: bool = False) -> Companion:
+    settings = _settings(config)
+    if quiet:  # interactive commands: schema chatter would interleave with the conversation
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    return build(settings)
 
 
 @app.command()
@@ -74,7 +77,7 @@ def chat(
     except ValueError as exc:
         typer.echo(f"error: --as {exc}", err=True)
         raise typer.Exit(2) from exc
-    companion = _companion(config)
+    companion = _companion(config, quiet=True)
     if role == "therapist":
         with companion.db.unit_of_work() as session:
             therapist = q.therapist_by_name(session, name=handle)
@@ -103,7 +106,7 @@ def therapist_add(
     if not clean or ":" in clean or len(clean) > 80:
         typer.echo("error: a therapist name must be 1–80 characters without ':'", err=True)
         raise typer.Exit(2)
-    companion = _companion(config)
+    companion = _companion(config, quiet=True)
     with companion.db.unit_of_work() as session:
         if q.therapist_by_name(session, name=clean) is not None:
             typer.echo(f"error: a therapist called {clean!r} already exists", err=True)

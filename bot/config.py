@@ -27,23 +27,23 @@ class _Section(BaseModel):
 
 
 class DatabaseSettings(_Section):
-    path: str = Field("data/companion.db", description="SQLite file, relative to the config file")
+    path: str = Field(default="data/companion.db", description="SQLite file, relative to the config file")
 
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
+    port: int = Field(default=8080, ge=1, le=65535)
 
 
 class InviteSettings(_Section):
-    ttl_days: int = Field(7, ge=1, le=90)
-    join_failure_limit: int = Field(5, ge=1, le=100)
+    ttl_days: int = Field(default=7, ge=1, le=90)
+    join_failure_limit: int = Field(default=5, ge=1, le=100)
 
 
 class DialogConfig(_Section):
     locale: str = "en"
     default_nudge_time: str = "18:00"
-    max_text_length: int = Field(4000, ge=200, le=100_000)
+    max_text_length: int = Field(default=4000, ge=200, le=100_000)
 
     @field_validator("default_nudge_time")
     @classmethod

@@ -35,8 +35,9 @@ class ConsoleChannel:
     is read. A row is marked sent only after it was written to ``out``.
     """
 
-    def __init__(self, *, db: Database, engine: Engine, chat: str, out: TextIO = sys.stdout) -> None:
-        self.db, self.engine, self.chat, self.out = db, engine, chat, out
+    def __init__(self, *, db: Database, engine: Engine, chat: str, out: TextIO | None = None) -> None:
+        # sys.stdout is looked up now, not at import, so redirection works.
+        self.db, self.engine, self.chat, self.out = db, engine, chat, out or sys.stdout
 
     def flush(self) -> int:
         """Print and mark sent everything waiting for this chat; returns how many."""

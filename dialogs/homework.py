@@ -61,9 +61,8 @@ def field_name(typed: str) -> str | None:
 def parse_due(text: str, *, now: datetime, timezone: str) -> date | None:
     """A due date typed by the therapist: the end of that day, in their time zone."""
     when = parse_when(f"{text} 23:59", now=now, tz=timezone)
-    if when is None:
-        return None
-    return utc_to_local(when, timezone).date()
+    local = utc_to_local(when, timezone) if when is not None else None
+    return local.date() if local is not None else None
 
 
 def parse_nudges(text: str) -> str | None:

@@ -84,7 +84,8 @@ def _require_client(turn: Turn, rest: str, usage_key: str) -> tuple[Client, str]
 def _when(turn: Turn, value: object) -> str:
     if not isinstance(value, datetime):
         return turn.t("common.never")
-    return format_local(value, turn.therapist.timezone if turn.therapist else "UTC")
+    zone = turn.therapist.timezone if turn.therapist else "UTC"
+    return format_local(value, zone) or value.isoformat()
 
 
 # --- commands ----------------------------------------------------------------

@@ -221,7 +221,7 @@ def debrief_counts(session: Session, *, homework_ids: Sequence[int]) -> dict[int
     rows = session.exec(
         select(Debrief.homework_id, func.count())
         .where(col(Debrief.homework_id).in_(homework_ids), Debrief.status == DebriefStatus.COMPLETE)
-        .group_by(Debrief.homework_id)
+        .group_by(col(Debrief.homework_id))
     ).all()
     return {homework_id: count for homework_id, count in rows}
 

@@ -1,0 +1,58 @@
+"""The prompts catalogue: every key the code uses exists, and homework types are well formed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import prompts
+from channels.base import render_plain
+from dialogs.messages import Option, Outbound
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = re.compile(r"""(?:\bsay|\bt|\.text|notify_therapist)\((?:[^()"]*?,\s*)?f?"([a-z_]+\.[a-z_.{}]+)\"""")
+
+
+def used_keys() -> set[str]:
+    keys: set[str] = set()
+    for folder in ("dialogs", "channels", "bot"):
+        for path in (ROOT / folder).rglob("*.py"):
+            keys.update(KEY.findall(path.read_text(encoding="utf-8")))
+    return keys
+
+
+def test_every_key_used_in_code_exists() -> None:
+    catalogue = prompts.load("en")
+    keys = used_keys()
+    assert len(keys) > 60  # the scan really found the code's keys
+    missing = []
+    for key in keys:
+        if "{" in key:  # an f-string key: some expansion of its prefix must exist
+            prefix = key.split("{", 1)[0]
+            if not any(k.startswith(prefix) for k in catalogue._flat):
+                missing.append(key)
+        elif not catalogue.has(key):
+            missing.append(key)
+    assert not missing
+
+
+def test_homework_types_have_labels_and_bounded_extras() -> None:
+    catalogue = prompts.load("en")
+    assert {"thought_record", "behavioural_experiment", "exposure", "activity_scheduling", "custom"} <= set(
+        catalogue.homework_types
+    )
+    for kind in catalogue.homework_types.values():
+        assert kind.label and kind.aliases
+        for extra in kind.extras:
+            assert extra.low < extra.high and extra.question.endswith("?")
+    assert catalogue.homework_type("BE").key == "behavioural_experiment"  # type: ignore[union-attr]
+    assert catalogue.homework_type("3").key == "exposure"  # type: ignore[union-attr]
+    assert catalogue.homework_type("tarot") is None
+
+
+def test_plain_rendering_of_choices_and_scales() -> None:
+    yes_no = Outbound("Go ahead?", "choice", (Option("yes", "Yes"), Option("no", "No")))
+    assert render_plain(yes_no) == "Go ahead?\n(Yes · No)"
+    scale = Outbound("How sure?", "scale", tuple(Option(str(n), str(n)) for n in range(11)))
+    assert render_plain(scale) == "How sure?\n(0–10)"
+    assert render_plain(Outbound("Hi")) == "Hi"
