@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -62,7 +63,26 @@ def run(
         "database %s ready; console chats: `companion chat --as therapist:NAME` / `--as client:HANDLE`",
         companion.db.dialect,
     )
-    uvicorn.run(create_app(companion), host=host, port=port, log_level=companion.settings.log_level.lower())
+    if not companion.settings.safety.crisis_resources:
+        logging.getLogger("companion").warning(
+            "no safety.crisis_resources configured: clients in crisis get only the generic emergency advice"
+        )
+    app_ = create_app(companion, run_scheduler=companion.settings.scheduler.enabled)
+    uvicorn.run(app_, host=host, port=port, log_level=companion.settings.log_level.lower())
+
+
+@app.command()
+def tick(config: ConfigOption = None) -> None:
+    """Run one sweep of due work now and exit (for deployments that prefer cron to `run`'s scheduler)."""
+    from scheduler.sweep import sweep
+
+    companion = _companion(config)
+    report = sweep(db=companion.db, engine=companion.engine)
+    n = report.nudges
+    typer.echo(
+        f"Sweep done: {n.sent} nudge(s) sent, {n.followed_up} follow-up(s), {n.digests} digest(s), "
+        f"{n.missed} missed, {n.skipped} skipped, {report.alerts_escalated} alert(s) re-sent."
+    )
 
 
 @app.command()
@@ -88,7 +108,14 @@ def chat(
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
     channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)
-    channel.run(sys.stdin, prompt="> " if sys.stdin.isatty() else "")
+    interactive = sys.stdin.isatty()
+    stop = threading.Event()
+    if interactive:
+        channel.watch(stop)
+    try:
+        channel.run(sys.stdin, prompt="> " if interactive else "")
+    finally:
+        stop.set()
 
 
 @therapist_app.command("add")

@@ -22,6 +22,13 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the problem."""
 
 
+def _clock(value: str) -> str:
+    parsed = parse_clock_time(value)
+    if parsed is None:
+        raise ValueError("must be a time of day such as 18:00")
+    return parsed.strftime("%H:%M")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,16 +55,62 @@ class DialogConfig(_Section):
     @field_validator("default_nudge_time")
     @classmethod
     def _clock_time(cls, value: str) -> str:
-        parsed = parse_clock_time(value)
-        if parsed is None:
-            raise ValueError("must be a time of day such as 18:00")
-        return parsed.strftime("%H:%M")
+        return _clock(value)
 
     @field_validator("locale")
     @classmethod
     def _known_locale(cls, value: str) -> str:
         if not (Path(__file__).resolve().parent.parent / "prompts" / f"{value}.yaml").exists():
             raise ValueError(f"no prompts/{value}.yaml")
+        return value
+
+
+class SchedulerSettings(_Section):
+    enabled: bool = True
+    interval_seconds: float = Field(default=30, ge=1, le=3600)
+    catch_up_grace_minutes: int = Field(default=120, ge=0, le=7 * 24 * 60)
+
+
+class NudgeSettings(_Section):
+    quiet_start: str = "21:30"
+    quiet_end: str = "08:00"
+    daily_cap: int = Field(default=3, ge=1, le=20)
+    follow_up_hours: float = Field(default=24, gt=0, le=24 * 7)
+    horizon_days: int = Field(default=7, ge=1, le=90)
+    digest_lead_hours: float = Field(default=2, ge=0, le=72)
+
+    @field_validator("quiet_start", "quiet_end")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        return _clock(value)
+
+
+class SafetySettings(_Section):
+    """Crisis resources by ISO 3166 country code (taken from the client's time zone).
+
+    There is deliberately no built-in list: numbers differ by country and the
+    operator must choose the ones that apply to their clients. A client whose
+    country is not listed gets ``default`` if set, and in any case the plain
+    advice to call the local emergency number.
+    """
+
+    crisis_resources: dict[str, list[str]] = Field(default_factory=dict)
+    alert_ack_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    fallback_contact: str | None = Field(default=None, description="CHANNEL:ADDRESS of a practice contact")
+
+    @field_validator("crisis_resources")
+    @classmethod
+    def _country_codes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key in value:
+            if key != "default" and not (len(key) == 2 and key.isalpha() and key.isupper()):
+                raise ValueError(f"{key!r} is not an ISO country code like GB or US (or 'default')")
+        return value
+
+    @field_validator("fallback_contact")
+    @classmethod
+    def _contact(cls, value: str | None) -> str | None:
+        if value is not None and ":" not in value:
+            raise ValueError("must be CHANNEL:ADDRESS, e.g. console:therapist:Practice Lead")
         return value
 
 
@@ -75,6 +128,9 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     invites: InviteSettings = InviteSettings()
     dialog: DialogConfig = DialogConfig()
+    safety: SafetySettings = SafetySettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    nudges: NudgeSettings = NudgeSettings()
     log_level: str = "INFO"
 
     # Where relative paths in the file are resolved from (not a setting).
@@ -104,7 +160,24 @@ class Settings(BaseSettings):
             join_failure_limit=self.invites.join_failure_limit,
             max_text_length=self.dialog.max_text_length,
             default_nudge_time=self.dialog.default_nudge_time,
+            crisis_resources={k: tuple(v) for k, v in self.safety.crisis_resources.items()},
+            alert_ack_timeout=timedelta(minutes=self.safety.alert_ack_minutes),
+            fallback_contact=_channel_address(self.safety.fallback_contact),
+            quiet_start=self.nudges.quiet_start,
+            quiet_end=self.nudges.quiet_end,
+            daily_cap=self.nudges.daily_cap,
+            follow_up_after=timedelta(hours=self.nudges.follow_up_hours),
+            catch_up_grace=timedelta(minutes=self.scheduler.catch_up_grace_minutes),
+            horizon_days=self.nudges.horizon_days,
+            digest_lead=timedelta(hours=self.nudges.digest_lead_hours),
         )
+
+
+def _channel_address(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    channel, _, address = value.partition(":")
+    return channel, address
 
 
 def _describe(error: ValidationError) -> str:

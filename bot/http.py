@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -12,8 +14,27 @@ from starlette.concurrency import run_in_threadpool
 from bot.wiring import Companion
 
 
-def create_app(companion: Companion) -> FastAPI:
-    app = FastAPI(title="Homework Companion", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(companion: Companion, *, run_scheduler: bool = False) -> FastAPI:
+    """The ASGI app; with ``run_scheduler`` the periodic sweep runs for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        scheduler = None
+        if run_scheduler:
+            from scheduler.runner import start
+
+            scheduler = start(
+                db=companion.db,
+                engine=companion.engine,
+                interval_seconds=companion.settings.scheduler.interval_seconds,
+            )
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+
+    app = FastAPI(title="Homework Companion", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Final, TextIO
@@ -13,6 +15,7 @@ from dialogs.messages import Inbound, Outbound
 from storage import Database
 from storage import queries as q
 
+log = logging.getLogger("companion.console")
 NAME: Final = q.CONSOLE
 ROLES: Final = ("therapist", "client")
 
@@ -38,9 +41,35 @@ class ConsoleChannel:
     def __init__(self, *, db: Database, engine: Engine, chat: str, out: TextIO | None = None) -> None:
         # sys.stdout is looked up now, not at import, so redirection works.
         self.db, self.engine, self.chat, self.out = db, engine, chat, out or sys.stdout
+        # The watcher thread and the input loop both flush; one at a time, so
+        # a row is never printed twice (SQLite has no row locks to prevent it).
+        self._lock = threading.Lock()
 
     def flush(self) -> int:
         """Print and mark sent everything waiting for this chat; returns how many."""
+        with self._lock:
+            return self._flush()
+
+    def watch(self, stop: threading.Event, interval: float = 1.0) -> threading.Thread:
+        """Print messages as they arrive while the person sits at the prompt.
+
+        An urgent alert must not wait for the therapist's next keystroke, so
+        interactive chats poll the outbox every ``interval`` seconds until
+        ``stop`` is set.
+        """
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.flush()
+                except Exception:  # keep watching; the input loop reports real failures
+                    log.exception("console outbox poll failed")
+
+        thread = threading.Thread(target=loop, name="console-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _flush(self) -> int:
         printed = 0
         with self.db.unit_of_work() as session:
             for row in q.pending_outbox(session, channel=NAME, address=self.chat, limit=1000):

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from dialogs import nudges
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
+from dialogs.timeparse import format_local, parse_clock_time, resolve_timezone
 from dialogs.turn import Turn, split_command
 from prompts import Extra
-from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework, LogEntry, Therapist
+from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework, LogEntry, Occasion, Therapist
 from storage import queries as q
+from storage.models import OccasionStatus
 
 
 def _client(turn: Turn) -> tuple[int, int]:
@@ -44,6 +47,8 @@ def idle(turn: Turn) -> None:
         start_debrief(turn, "")
     elif turn.is_("not_done"):
         start_obstacle(turn, "")
+    elif turn.is_("later"):
+        cmd_later(turn, "")
     else:
         turn.say("client.not_understood")
 
@@ -63,28 +68,33 @@ def cmd_homework(turn: Turn, _rest: str) -> None:
     turn.say("client.current_homework", title=homework.title, details=details(turn.prompts, as_fields(homework)))
 
 
-def cmd_pause(turn: Turn, _rest: str) -> None:
+def _set_status(turn: Turn, status: ClientStatus, *, unchanged: str, done: str, notify: str) -> None:
     client = turn.client
     assert client is not None
-    if client.status == ClientStatus.PAUSED:
-        turn.say("client.already_paused")
+    if client.status == status:
+        turn.say(unchanged)
         return
-    client.status = ClientStatus.PAUSED
+    client.status = status
     turn.session.add(client)
-    turn.say("client.paused")
-    turn.notify_therapist(client.therapist_id, "notify.client_paused", client=client.name)
+    turn.say(done)
+    turn.notify_therapist(client.therapist_id, notify, client=client.name)
+
+
+def cmd_pause(turn: Turn, _rest: str) -> None:
+    _set_status(
+        turn,
+        ClientStatus.PAUSED,
+        unchanged="client.already_paused",
+        done="client.paused",
+        notify="notify.client_paused",
+    )
 
 
 def cmd_resume(turn: Turn, _rest: str) -> None:
-    client = turn.client
-    assert client is not None
-    if client.status == ClientStatus.ACTIVE:
-        turn.say("client.not_paused")
-        return
-    client.status = ClientStatus.ACTIVE
-    turn.session.add(client)
-    turn.say("client.resumed")
-    turn.notify_therapist(client.therapist_id, "notify.client_resumed", client=client.name)
+    """The client's own resume: lifts a pause or a stop, never a crisis hold (the therapist does that)."""
+    _set_status(
+        turn, ClientStatus.ACTIVE, unchanged="client.not_paused", done="client.resumed", notify="notify.client_resumed"
+    )
 
 
 def cmd_stop(turn: Turn, _rest: str) -> None:
@@ -191,7 +201,12 @@ def start_debrief(turn: Turn, _rest: str) -> None:
 
 def _new_debrief(turn: Turn, homework: Homework, kind: DebriefKind) -> Debrief:
     client_id, _ = _client(turn)
-    debrief = Debrief(homework_id=homework.id or 0, client_id=client_id, kind=kind, started_at=turn.now)
+    assert turn.client is not None
+    # Answering settles the nudge it answers (and today's, so none nags after).
+    occasion_id = nudges.mark_answered(turn.session, homework_id=homework.id or 0, client=turn.client, now=turn.now)
+    debrief = Debrief(
+        homework_id=homework.id or 0, client_id=client_id, occasion_id=occasion_id, kind=kind, started_at=turn.now
+    )
     turn.session.add(debrief)
     turn.session.flush()
     return debrief
@@ -296,6 +311,86 @@ def obstacle_step(turn: Turn) -> None:
     turn.say("obstacle.done", therapist=_therapist_name(turn))
 
 
+# --- reminders: snooze, time zone, quiet hours ------------------------------------
+
+
+_SNOOZE: Final = {
+    "1h": "1h",
+    "1": "1h",
+    "1 hour": "1h",
+    "an hour": "1h",
+    "in an hour": "1h",
+    "in 1 hour": "1h",
+    "3h": "3h",
+    "3": "3h",
+    "3 hours": "3h",
+    "in 3 hours": "3h",
+    "tonight": "tonight",
+}
+
+
+def cmd_later(turn: Turn, rest: str) -> None:
+    nudged = nudges.last_nudged(turn.session, client_id=_client(turn)[0])
+    if nudged is None:
+        turn.say("nudge.nothing_to_snooze")
+        return
+    if rest:
+        turn.goto("snooze", "when", occasion_id=nudged.id)
+        snooze_step(turn, rest)
+        return
+    turn.goto("snooze", "when", occasion_id=nudged.id)
+    turn.say("nudge.ask_snooze", kind="choice", options=_snooze_options(turn))
+
+
+def _snooze_options(turn: Turn) -> tuple[Option, ...]:
+    return tuple(Option(v, turn.t(f"nudge.snooze_{v}")) for v in ("1h", "3h", "tonight"))
+
+
+def snooze_step(turn: Turn, text: str | None = None) -> None:
+    choice = _SNOOZE.get(" ".join((text or turn.text).casefold().split()))
+    if choice is None:
+        turn.say("nudge.bad_snooze", kind="choice", options=_snooze_options(turn))
+        return
+    client = turn.client
+    occasion = turn.session.get(Occasion, turn.data.get("occasion_id"))
+    homework = turn.session.get(Homework, occasion.homework_id) if occasion else None
+    turn.idle()
+    if client is None or occasion is None or homework is None:
+        turn.say("nudge.nothing_to_snooze")
+        return
+    when = nudges.snooze(
+        turn.session, client=client, homework=homework, settings=turn.settings, now=turn.now, choice=choice
+    )
+    occasion.status, occasion.closed_at = OccasionStatus.CANCELLED, turn.now  # superseded by the snoozed one
+    turn.session.add(occasion)
+    turn.say("nudge.snoozed", when=format_local(when, client.timezone or "UTC") if when else "—")
+
+
+def cmd_timezone(turn: Turn, rest: str) -> None:
+    zone = resolve_timezone(rest) if rest else None
+    client = turn.client
+    if zone is None or client is None:
+        turn.say("nudge.timezone_usage")
+        return
+    client.timezone = zone
+    turn.session.add(client)
+    nudges.replan_zone(turn.session, client=client, settings=turn.settings)
+    turn.say("nudge.timezone_set", timezone=zone)
+
+
+def cmd_quiet(turn: Turn, rest: str) -> None:
+    start_text, _, end_text = rest.replace("–", "-").replace(" to ", "-").partition("-")
+    start, end = parse_clock_time(start_text), parse_clock_time(end_text)
+    client = turn.client
+    if start is None or end is None or client is None:
+        turn.say("nudge.quiet_usage")
+        return
+    client.quiet_start, client.quiet_end = start.strftime("%H:%M"), end.strftime("%H:%M")
+    turn.session.add(client)
+    nudges.replan_zone(turn.session, client=client, settings=turn.settings)
+    turn.say("nudge.quiet_set", start=client.quiet_start, end=client.quiet_end)
+
+
 # --- free notes ------------------------------------------------------------------
 
 
@@ -343,8 +438,12 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "stop": cmd_stop,
+    "later": cmd_later,
+    "snooze": cmd_later,
+    "timezone": cmd_timezone,
+    "quiet": cmd_quiet,
 }
-THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest"})
+THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest", "ack"})
 
 FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "delivery": lambda turn: {
@@ -355,6 +454,5 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "debrief": debrief_step,
     "obstacle": obstacle_step,
     "log": log_step,
+    "snooze": lambda turn: snooze_step(turn),
 }
-
-QUICK_OPTIONS: Final = (Option("done", "done"), Option("didn't do it", "didn't do it"))

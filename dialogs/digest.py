@@ -5,17 +5,29 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlmodel import Session
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
 
 from dialogs.homework import SPECIFICITY, missing_elements
+from dialogs.messages import Outbound
+from dialogs.nudges import SweepCounts, next_weekly
 from dialogs.timeparse import format_local
+from dialogs.turn import DialogSettings
 from prompts import Prompts
-from storage import Client, DebriefKind, DebriefStatus, HomeworkStatus, Therapist
+from storage import Client, ClientStatus, DebriefKind, DebriefStatus, FlagLevel, HomeworkStatus, Therapist
 from storage import queries as q
 
 DEFAULT_PERIOD: Final = timedelta(days=7)
 _SAID: Final = (("what_happened", "happened"), ("surprised", "surprised"), ("hard", "hard"), ("learned", "learned"))
-QUOTE_LIMIT: Final = 280  # the full text stays in the database; the digest trims for reading
+QUOTE_LIMIT: Final = 280
+_NUDGE_STATES: Final = (
+    "sent",
+    "followed_up",
+    "answered",
+    "not_reviewed",
+    "skipped",
+    "missed",
+)  # the full text stays in the database; the digest trims for reading
 
 
 def period_start(client: Client, now: datetime) -> datetime:
@@ -36,6 +48,33 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
     if client.next_session_at and client.next_session_at > now:
         lines.append(t("digest.next_session", when=format_local(client.next_session_at, tz)))
 
+    agenda: list[str] = []
+    flags = q.flags_since(session, client_id=client.id or 0, since=start)
+    if flags:
+        # Risk comes first: it is what the therapist must see before anything else.
+        lines.append(t("digest.risk_header"))
+        for flag in flags:
+            ack = ""
+            if flag.level == FlagLevel.CRISIS:
+                ack = (
+                    t("digest.risk_acked", when=format_local(flag.acknowledged_at, tz))
+                    if flag.acknowledged_at
+                    else t("digest.risk_open")
+                )
+            lines.append(
+                t(
+                    "digest.risk_line",
+                    when=format_local(flag.created_at, tz),
+                    level=flag.level,
+                    id=flag.id,
+                    reasons=", ".join(flag.reasons),
+                    text=_quote(flag.text),
+                    ack=ack,
+                ).rstrip()
+            )
+        levels = sorted({f.level for f in flags if f.level != FlagLevel.SCOPE})
+        if levels:
+            agenda.append(t("digest.agenda_risk", level=" and ".join(levels)))
     debriefs = q.debriefs_since(session, client_id=client.id or 0, since=start)
     by_homework: dict[int, list] = {}
     for debrief in debriefs:
@@ -46,15 +85,11 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
         for h in q.homeworks_of(session, client_id=client.id or 0)
         if h.status == HomeworkStatus.OPEN or h.id in by_homework or h.created_at >= start
     ]
-    agenda: list[str] = []
     if not homeworks:
         lines.append(t("digest.no_homework"))
     for hw in homeworks:
-        kind = prompts.homework_types.get(hw.type)
         lines.append("")
-        lines.append(
-            t("digest.homework", id=hw.id, title=hw.title, type=kind.label if kind else hw.type, status=hw.status)
-        )
+        lines.append(t("digest.homework", id=hw.id, title=hw.title, type=prompts.type_label(hw.type), status=hw.status))
         fields = {f: getattr(hw, f) for f in SPECIFICITY}
         given = [t(f"therapist.missing.{f}") for f in SPECIFICITY if fields.get(f)]
         missing = [t(f"therapist.missing.{f}") for f in missing_elements(fields)]
@@ -76,6 +111,9 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
         blocked = [d for d in by_homework.get(hw.id or 0, []) if d.kind == DebriefKind.OBSTACLE]
         ratings = ", ".join(str(d.quantity) for d in done) or "—"
         lines.append(t("digest.quantity", count=len(done), ratings=ratings))
+        nudged = q.occasion_counts(session, homework_id=hw.id or 0, since=start)
+        if any(nudged.get(s, 0) for s in _NUDGE_STATES):
+            lines.append(t("digest.nudges", **{s: nudged.get(s, 0) for s in _NUDGE_STATES}))
         for d in done:
             lines.append(t("digest.debrief_line", when=format_local(d.started_at, tz), quantity=d.quantity))
             for field, key in _SAID:
@@ -93,7 +131,7 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
                 )
             )
         if done:
-            agenda.insert(0, t("digest.agenda_review", title=hw.title))
+            agenda.append(t("digest.agenda_review", title=hw.title))
         if blocked:
             agenda.append(t("digest.agenda_obstacles"))
 
@@ -108,3 +146,45 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
     items = [*dict.fromkeys(agenda), t("digest.agenda_next")]  # keep order, drop repeats
     lines.extend(f"  {n}. {item}" for n, item in enumerate(items, start=1))
     return "\n".join(lines)
+
+
+def send_due_digests(
+    session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime, counts: SweepCounts
+) -> None:
+    """Pre-session digests (``digest_lead`` before the appointment) and weekly ones, each sent once."""
+    clients = session.exec(
+        select(Client)
+        .where(
+            col(Client.next_session_at).is_not(None),
+            col(Client.next_session_at) > now,
+            col(Client.next_session_at) <= now + settings.digest_lead,
+            or_(col(Client.digest_sent_for).is_(None), col(Client.digest_sent_for) != col(Client.next_session_at)),
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    for client in clients:
+        therapist = session.get(Therapist, client.therapist_id)
+        chat = q.latest_identity(session, therapist_id=client.therapist_id)
+        if therapist is not None and chat is not None:
+            text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+            q.enqueue(session, channel=chat.channel, address=chat.address, payload=Outbound(text).to_payload(), now=now)
+            counts.digests += 1
+        client.digest_sent_for = client.next_session_at
+        session.add(client)
+
+    therapists = session.exec(
+        select(Therapist)
+        .where(col(Therapist.weekly_digest_due).is_not(None), col(Therapist.weekly_digest_due) <= now)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for therapist in therapists:
+        chat = q.latest_identity(session, therapist_id=therapist.id)
+        for client in q.clients_of(session, therapist_id=therapist.id or 0):
+            if chat is not None and client.status != ClientStatus.INVITED:
+                text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+                q.enqueue(
+                    session, channel=chat.channel, address=chat.address, payload=Outbound(text).to_payload(), now=now
+                )
+                counts.digests += 1
+        therapist.weekly_digest_due = next_weekly(therapist.weekly_digest or "", therapist.timezone, now)
+        session.add(therapist)

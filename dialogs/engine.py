@@ -8,7 +8,7 @@ from typing import Final
 from sqlmodel import Session
 
 from dialogs import client as client_flows
-from dialogs import onboarding, therapist
+from dialogs import guard, onboarding, therapist
 from dialogs.clock import Clock
 from dialogs.homework import deliver_pending
 from dialogs.messages import Inbound
@@ -67,7 +67,9 @@ class Engine:
             session.add(turn.client)
             if state.flow == IDLE:
                 # A homework set while this client was busy goes out now.
-                _, messages = deliver_pending(session, prompts=self.prompts, client=turn.client, now=now)
+                _, messages = deliver_pending(
+                    session, prompts=self.prompts, settings=self.settings, client=turn.client, now=now
+                )
                 turn.sends.extend(messages)
         state.updated_at = now
         session.add(state)
@@ -79,6 +81,10 @@ class Engine:
         return rows
 
     def _route(self, turn: Turn) -> None:
+        # Safety first: every message not from a therapist is screened before
+        # anything else, whatever its length and whatever the dialog state.
+        if turn.therapist is None and turn.text and guard.screen(turn):
+            return
         if not turn.text:
             turn.say("common.empty")
             return

@@ -9,8 +9,9 @@ from typing import Any, Final
 from sqlmodel import Session
 
 from dialogs.messages import Outbound
-from dialogs.timeparse import parse_clock_time, parse_when, utc_to_local
-from dialogs.turn import IDLE
+from dialogs.nudges import parse_plan, plan
+from dialogs.timeparse import parse_when, utc_to_local
+from dialogs.turn import IDLE, DialogSettings
 from prompts import Prompts
 from storage import Client, ClientStatus, Homework, Therapist
 from storage import queries as q
@@ -66,12 +67,20 @@ def parse_due(text: str, *, now: datetime, timezone: str) -> date | None:
 
 
 def parse_nudges(text: str) -> str | None:
-    """``"8am, 18:30"`` → ``"08:00,18:30"``; None if any part is not a time."""
-    parts = [p for p in text.replace(" and ", ",").replace(";", ",").split(",") if p.strip()]
-    times = [parse_clock_time(p) for p in parts]
-    if not times or any(t is None for t in times):
+    """``"mon, wed 8am and 18:30"`` → ``"mon,wed 08:00,18:30"`` (days first, if any); None if unreadable."""
+    parsed = parse_plan(text)
+    if parsed is None:
         return None
-    return ",".join(sorted({t.strftime("%H:%M") for t in times if t is not None}))
+    days, times = parsed
+    return f"{days} {times}" if days else times
+
+
+def split_nudges(value: str | None) -> tuple[str | None, str | None]:
+    """The stored draft form back into (days, times)."""
+    if not value:
+        return None, None
+    days, _, times = value.rpartition(" ")
+    return days or None, times
 
 
 def normalise_field(field: str, value: str, *, prompts: Prompts, now: datetime, timezone: str) -> str | None:
@@ -102,7 +111,7 @@ def details(prompts: Prompts, fields: Mapping[str, Any], *, keys: tuple[str, ...
         value = fields.get(key)
         if value:
             if key == "type":
-                value = prompts.homework_types[str(value)].label if value in prompts.homework_types else value
+                value = prompts.type_label(str(value))
             lines.append(f"{prompts.text(f'field.{key}')}: {value}")
     return "\n".join(lines)
 
@@ -110,6 +119,8 @@ def details(prompts: Prompts, fields: Mapping[str, Any], *, keys: tuple[str, ...
 def as_fields(homework: Homework) -> dict[str, Any]:
     values = {f: getattr(homework, f) for f in HOMEWORK_FIELDS}
     values["due"] = homework.due.isoformat() if homework.due else None
+    if homework.nudge_days and homework.nudges:
+        values["nudges"] = f"{homework.nudge_days} {homework.nudges}"
     return values
 
 
@@ -127,13 +138,14 @@ def build_homework(*, draft: Mapping[str, Any], client: Client, now: datetime) -
         record=draft.get("record"),
         rationale=draft.get("rationale"),
         due=date.fromisoformat(draft["due"]) if draft.get("due") else None,
-        nudges=draft.get("nudges"),
+        nudge_days=split_nudges(draft.get("nudges"))[0],
+        nudges=split_nudges(draft.get("nudges"))[1],
         created_at=now,
     )
 
 
 def deliver_pending(
-    session: Session, *, prompts: Prompts, client: Client, now: datetime
+    session: Session, *, prompts: Prompts, settings: DialogSettings, client: Client, now: datetime
 ) -> tuple[str, list[tuple[str, str, Outbound]]]:
     """Send the client their oldest undelivered homework if their chat is free.
 
@@ -141,7 +153,8 @@ def deliver_pending(
     ``pending_inactive`` or ``none``) and the messages to enqueue. Delivery
     starts the client's delivery flow (own words → confidence), so it only
     happens when that chat is idle: a homework set mid-debrief waits until
-    the debrief ends, when the engine calls this again.
+    the debrief ends, when the engine calls this again. Delivery plans the
+    homework's nudges.
     """
     homework = q.undelivered_homework(session, client_id=client.id or 0)
     if homework is None:
@@ -165,6 +178,7 @@ def deliver_pending(
         intro += "\n\n" + prompts.text("delivery.rationale", rationale=homework.rationale)
     homework.delivered_at = now
     session.add(homework)
+    plan(session, homework=homework, client=client, settings=settings, now=now)
     state.flow, state.step, state.data = "delivery", "own_words", {"homework_id": homework.id}
     state.updated_at = now
     session.add(state)

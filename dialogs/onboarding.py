@@ -125,7 +125,9 @@ def nudge_time(turn: Turn) -> None:
     turn.idle()
     turn.say("join.done", nudge_time=client.nudge_time, timezone=client.timezone)
     turn.notify_therapist(client.therapist_id, "notify.client_joined", client=client.name)
-    _, messages = deliver_pending(turn.session, prompts=turn.prompts, client=client, now=turn.now)
+    _, messages = deliver_pending(
+        turn.session, prompts=turn.prompts, settings=turn.settings, client=client, now=turn.now
+    )
     turn.sends.extend(messages)
 
 

@@ -18,10 +18,11 @@ from dialogs.homework import (
     missing_elements,
     normalise_field,
 )
+from dialogs.nudges import cancel_planned, next_weekly
 from dialogs.onboarding import new_code
-from dialogs.timeparse import format_local, parse_when
+from dialogs.timeparse import format_local, parse_clock_time, parse_when
 from dialogs.turn import Turn, split_command
-from storage import Client, ClientStatus, Homework, HomeworkStatus
+from storage import Client, ClientStatus, FlagLevel, Homework, HomeworkStatus, SafetyFlag
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS
 
@@ -149,7 +150,7 @@ def cmd_clients(turn: Turn, _rest: str) -> None:
 
 
 def cmd_homeworks(turn: Turn, rest: str) -> None:
-    found = _require_client(turn, rest, "therapist.close.usage")
+    found = _require_client(turn, rest, "therapist.homeworks.usage")
     if found is None:
         return
     client, _ = found
@@ -165,7 +166,7 @@ def cmd_homeworks(turn: Turn, rest: str) -> None:
                 "therapist.homeworks.line",
                 id=hw.id,
                 title=hw.title,
-                type=turn.prompts.homework_types[hw.type].label if hw.type in turn.prompts.homework_types else hw.type,
+                type=turn.prompts.type_label(hw.type),
                 status=hw.status,
                 created=_when(turn, hw.created_at),
                 delivered=_when(turn, hw.delivered_at),
@@ -193,6 +194,7 @@ def cmd_close(turn: Turn, rest: str) -> None:
         return
     homework.status, homework.closed_at = HomeworkStatus.CLOSED, turn.now
     turn.session.add(homework)
+    cancel_planned(turn.session, homework_id=homework.id or 0, now=turn.now)
     turn.say("therapist.close.done", id=homework.id, title=homework.title, client=client.name)
 
 
@@ -221,7 +223,7 @@ def cmd_session(turn: Turn, rest: str) -> None:
 def cmd_digest(turn: Turn, rest: str) -> None:
     assert turn.therapist is not None
     if rest.strip():
-        found = _require_client(turn, rest, "therapist.close.usage")
+        found = _require_client(turn, rest, "therapist.digest_usage")
         if found is None:
             return
         clients = [found[0]]
@@ -234,6 +236,64 @@ def cmd_digest(turn: Turn, rest: str) -> None:
         turn.say_text(
             plain_digest(turn.session, prompts=turn.prompts, client=client, therapist=turn.therapist, now=turn.now)
         )
+
+
+def cmd_ack(turn: Turn, rest: str) -> None:
+    """Acknowledge an urgent alert: records who and when, and stops its re-alert."""
+    number, _, note = rest.strip().partition(" ")
+    match = re.fullmatch(r"#?(\d{1,9})", number)
+    if match is None:
+        turn.say("therapist.usage", usage=turn.t("safety.ack_usage"))
+        return
+    flag = turn.session.get(SafetyFlag, int(match.group(1)))
+    if flag is None or flag.therapist_id != _therapist_id(turn) or flag.level != FlagLevel.CRISIS:
+        turn.say("safety.ack_unknown", id=match.group(1))
+        return
+    client = turn.session.get(Client, flag.client_id)
+    if flag.acknowledged_at is not None:
+        turn.say("safety.ack_already", id=flag.id, when=_when(turn, flag.acknowledged_at))
+        return
+    flag.acknowledged_at, flag.acknowledged_by = turn.now, _therapist_id(turn)
+    flag.ack_note = note.strip() or None
+    turn.session.add(flag)
+    turn.say("safety.ack_done", id=flag.id, client=client.name if client else "", when=_when(turn, turn.now))
+
+
+def cmd_resume(turn: Turn, rest: str) -> None:
+    """Lift a crisis hold: nudges resume only when the therapist says so."""
+    found = _require_client(turn, rest, "safety.resume_usage")
+    if found is None:
+        return
+    client, _ = found
+    if client.crisis_since is None:
+        turn.say("safety.not_on_hold", client=client.name)
+        return
+    client.crisis_since = None
+    turn.session.add(client)
+    turn.say("safety.resumed_client", client=client.name)
+
+
+def cmd_weekly(turn: Turn, rest: str) -> None:
+    """A weekly digest of every client at the therapist's chosen local time (``/weekly off`` to stop)."""
+    assert turn.therapist is not None
+    spec = " ".join(rest.casefold().split())
+    if spec == "off":
+        turn.therapist.weekly_digest = turn.therapist.weekly_digest_due = None
+        turn.session.add(turn.therapist)
+        turn.say("nudge.weekly_off")
+        return
+    day, _, at = spec.partition(" ")
+    parsed = parse_clock_time(at)
+    due = next_weekly(f"{day} {parsed.strftime('%H:%M')}", turn.therapist.timezone, turn.now) if parsed else None
+    if due is None or parsed is None:
+        turn.say("therapist.usage", usage=turn.t("nudge.weekly_usage"))
+        return
+    turn.therapist.weekly_digest = f"{day[:3]} {parsed.strftime('%H:%M')}"
+    turn.therapist.weekly_digest_due = due
+    turn.session.add(turn.therapist)
+    turn.say(
+        "nudge.weekly_set", when=turn.therapist.weekly_digest, timezone=turn.therapist.timezone, next=_when(turn, due)
+    )
 
 
 # --- the homework draft --------------------------------------------------------
@@ -390,7 +450,9 @@ def _save(turn: Turn, client: Client) -> None:
     turn.session.add(homework)
     turn.session.flush()
     turn.idle()
-    outcome, messages = deliver_pending(turn.session, prompts=turn.prompts, client=client, now=turn.now)
+    outcome, messages = deliver_pending(
+        turn.session, prompts=turn.prompts, settings=turn.settings, client=client, now=turn.now
+    )
     turn.sends.extend(messages)
     if outcome == "none":  # an older undelivered homework is ahead of this one
         outcome = "pending_busy"
@@ -415,4 +477,7 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "close": cmd_close,
     "session": cmd_session,
     "digest": cmd_digest,
+    "ack": cmd_ack,
+    "resume": cmd_resume,
+    "weekly": cmd_weekly,
 }

@@ -645,3 +645,40 @@ def _parse_when(text: str, now: datetime, tz: str) -> datetime | None:
                 return found
         return None
     return None
+
+
+@functools.cache
+def _zone_countries() -> dict[str, str]:
+    """IANA zone → ISO 3166 country code, from zone.tab (tzdata package first, then the system)."""
+    text = None
+    try:
+        from importlib.resources import files
+
+        text = (files("tzdata") / "zoneinfo" / "zone.tab").read_text(encoding="utf-8")
+    except (ImportError, FileNotFoundError, OSError):
+        for path in ("/usr/share/zoneinfo/zone.tab", "/usr/lib/zoneinfo/zone.tab"):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                break
+            except OSError:
+                continue
+    countries: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            countries[parts[2]] = parts[0]
+    return countries
+
+
+def zone_country(zone: str | None) -> str | None:
+    """The ISO 3166 country code of an IANA zone ("Europe/London" → "GB"), or None.
+
+    Used to pick the crisis resources that apply where a client lives; zones
+    shared by several countries map to the one zone.tab names.
+    """
+    if not zone:
+        return None
+    return _zone_countries().get(zone)

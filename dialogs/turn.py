@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, Final
 
 from sqlmodel import Session
@@ -29,6 +29,21 @@ class DialogSettings:
     join_failure_window: timedelta = timedelta(hours=1)
     max_text_length: int = 4000
     default_nudge_time: str = "18:00"
+    # ISO country code (or "default") → crisis resource lines; see bot.config.SafetySettings.
+    crisis_resources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    alert_ack_timeout: timedelta = timedelta(minutes=15)
+    fallback_contact: tuple[str, str] | None = None  # (channel, address)
+    # Nudges (see dialogs.nudges).
+    quiet_start: str = "21:30"
+    quiet_end: str = "08:00"
+    daily_cap: int = 3  # scheduler messages per client per local day
+    follow_up_after: timedelta = timedelta(hours=24)
+    catch_up_grace: timedelta = timedelta(hours=2)
+    horizon_days: int = 7  # how far ahead nudges are planned when a homework has no due date
+    max_planned: int = 60
+    busy_retry: timedelta = timedelta(minutes=30)
+    digest_lead: timedelta = timedelta(hours=2)
+    tonight: time = time(20, 0)
 
 
 def clean_text(raw: str) -> str:

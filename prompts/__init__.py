@@ -51,6 +51,12 @@ class Prompts:
         self._flat: dict[str, Any] = {}
         self._flatten("", data)
         self._vocab = {k: frozenset(fold(w) for w in v) for k, v in data.get("vocab", {}).items()}
+        # Compiled once: the scope check runs on every client message.
+        self.scope_patterns: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+            (reason, re.compile(pattern, re.IGNORECASE))
+            for reason, patterns in data.get("scope_patterns", {}).items()
+            for pattern in patterns
+        )
         self.homework_types: dict[str, HomeworkType] = {
             key: HomeworkType(
                 key=key,
@@ -80,6 +86,11 @@ class Prompts:
     def matches(self, vocab: str, text: str) -> bool:
         """Whether ``text`` is one of the words listed under ``vocab.<vocab>``."""
         return fold(text) in self._vocab.get(vocab, frozenset())
+
+    def type_label(self, key: str) -> str:
+        """The display label of a stored homework type key (the key itself if unknown)."""
+        kind = self.homework_types.get(key)
+        return kind.label if kind else key
 
     def homework_type(self, typed: str) -> HomeworkType | None:
         """The type a therapist meant by ``typed``: its key, label, an alias or its number."""

@@ -8,6 +8,7 @@ from storage.models import (
     Debrief,
     DebriefKind,
     DebriefStatus,
+    FlagLevel,
     Homework,
     HomeworkStatus,
     Identity,
@@ -17,6 +18,7 @@ from storage.models import (
     Occasion,
     OutboxMessage,
     ProcessedInbound,
+    SafetyFlag,
     Therapist,
 )
 
@@ -28,6 +30,7 @@ __all__ = [
     "Debrief",
     "DebriefKind",
     "DebriefStatus",
+    "FlagLevel",
     "Homework",
     "HomeworkStatus",
     "Identity",
@@ -37,6 +40,7 @@ __all__ = [
     "Occasion",
     "OutboxMessage",
     "ProcessedInbound",
+    "SafetyFlag",
     "Therapist",
     "normalise_url",
 ]

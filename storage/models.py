@@ -39,11 +39,14 @@ class DebriefKind(StrEnum):
 
 
 class OccasionStatus(StrEnum):
-    PLANNED = "planned"
-    SENT = "sent"
-    DONE = "done"
-    MISSED = "missed"
-    NOT_REVIEWED = "not_reviewed"
+    PLANNED = "planned"  # waiting for its due time
+    SENT = "sent"  # the nudge went out; waiting for "done" or "didn't do it"
+    FOLLOWED_UP = "followed_up"  # no answer in 24 h; one gentle follow-up went out
+    ANSWERED = "answered"  # the client debriefed (or talked through obstacles)
+    NOT_REVIEWED = "not_reviewed"  # no answer to the follow-up either
+    MISSED = "missed"  # due while the service was down for longer than the grace period
+    SKIPPED = "skipped"  # not sent: client paused, stopped, in a crisis hold or unreachable
+    CANCELLED = "cancelled"  # homework closed or the plan changed
 
 
 HOMEWORK_FIELDS: Final = (
@@ -70,6 +73,8 @@ class Therapist(SQLModel, table=True):
     name: str = Field(unique=True, index=True)
     timezone: str = "UTC"
     created_at: datetime = _ts(nullable=False)
+    weekly_digest: str | None = None  # "mon 08:00" local, or None for no weekly digest
+    weekly_digest_due: datetime | None = _ts(index=True)  # next weekly digest, UTC
 
 
 class Client(SQLModel, table=True):
@@ -89,6 +94,15 @@ class Client(SQLModel, table=True):
     last_contact_at: datetime | None = _ts()
     next_session_at: datetime | None = _ts()
     last_session_at: datetime | None = _ts()
+    # Set when a crisis was detected: no nudges until the therapist resumes them.
+    crisis_since: datetime | None = _ts()
+    quiet_start: str | None = None  # "HH:MM" local; None → the configured default
+    quiet_end: str | None = None
+    # The scheduler's daily cap: messages sent on the client's local day.
+    scheduled_day: date | None = None
+    scheduled_count: int = 0
+    unreachable_at: datetime | None = _ts()  # set by a channel when the platform refuses delivery
+    digest_sent_for: datetime | None = _ts()  # the session whose pre-session digest went out
 
 
 class Identity(SQLModel, table=True):
@@ -139,6 +153,7 @@ class Homework(SQLModel, table=True):
     rationale: str | None = Field(default=None, sa_type=Text)
     due: date | None = None
     nudges: str | None = None  # comma-separated local "HH:MM" times
+    nudge_days: str | None = None  # comma-separated "mon,wed,fri"; None → every day
     status: str = HomeworkStatus.OPEN
     created_at: datetime = _ts(nullable=False)
     delivered_at: datetime | None = _ts()
@@ -149,23 +164,32 @@ class Homework(SQLModel, table=True):
 
 
 class Occasion(SQLModel, table=True):
-    """One planned moment of a homework's nudge plan (filled by the scheduler)."""
+    """One planned nudge of a homework's plan: the scheduler's unit of due work.
+
+    The local date and time are what was agreed with the client; ``due_at``
+    is that moment in UTC for the client's current zone (recomputed when the
+    zone changes), after moving it out of quiet hours.
+    """
 
     __table_args__ = (Index("ix_occasion_status_due", "status", "due_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     homework_id: int = Field(foreign_key="homework.id", index=True)
     client_id: int = Field(foreign_key="client.id", index=True)
-    kind: str = "nudge"
+    kind: str = "nudge"  # nudge | snooze
+    local_date: date
+    local_time: str  # "HH:MM"
     due_at: datetime = _ts(nullable=False)
     status: str = OccasionStatus.PLANNED
-    claimed_until: datetime | None = _ts()
     sent_at: datetime | None = _ts()
+    followed_up_at: datetime | None = _ts()
+    closed_at: datetime | None = _ts()
 
 
 class Debrief(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     homework_id: int = Field(foreign_key="homework.id", index=True)
+    occasion_id: int | None = Field(default=None, foreign_key="occasion.id")
     client_id: int = Field(foreign_key="client.id", index=True)
     kind: str = DebriefKind.DEBRIEF
     status: str = DebriefStatus.IN_PROGRESS
@@ -180,6 +204,36 @@ class Debrief(SQLModel, table=True):
     would_help: str | None = Field(default=None, sa_type=Text)
     # Type-specific ratings, e.g. {"belief_before": 80, "belief_after": 40}.
     ratings: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class FlagLevel(StrEnum):
+    CONCERN = "concern"
+    CRISIS = "crisis"
+    SCOPE = "scope"  # a question outside the companion's remit (diagnosis, medication, therapy)
+
+
+class SafetyFlag(SQLModel, table=True):
+    """A client message the safety screen or the scope check raised, for alerts and the digest.
+
+    A crisis flag is an alert: it stays open until the therapist acknowledges
+    it, and is sent again (``escalate_at``) if that takes too long.
+    """
+
+    __table_args__ = (Index("ix_safetyflag_escalation", "escalate_at", "acknowledged_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    level: str
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    text: str = Field(sa_type=Text)  # the client's message: the therapist needs it to act
+    context: str | None = None  # where in the dialog it was written, e.g. "debrief of #3"
+    created_at: datetime = _ts(nullable=False, index=True)
+    escalate_at: datetime | None = _ts()
+    escalated_at: datetime | None = _ts()
+    acknowledged_at: datetime | None = _ts()
+    acknowledged_by: int | None = Field(default=None, foreign_key="therapist.id")
+    ack_note: str | None = Field(default=None, sa_type=Text)
 
 
 class LogEntry(SQLModel, table=True):

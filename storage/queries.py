@@ -25,8 +25,10 @@ from storage.models import (
     Invite,
     JoinFailure,
     LogEntry,
+    Occasion,
     OutboxMessage,
     ProcessedInbound,
+    SafetyFlag,
     Therapist,
 )
 
@@ -240,6 +242,24 @@ def logs_since(session: Session, *, client_id: int, since: datetime) -> Sequence
         .where(LogEntry.client_id == client_id, LogEntry.created_at >= since)
         .order_by(col(LogEntry.created_at))
     ).all()
+
+
+def flags_since(session: Session, *, client_id: int, since: datetime) -> Sequence[SafetyFlag]:
+    return session.exec(
+        select(SafetyFlag)
+        .where(SafetyFlag.client_id == client_id, SafetyFlag.created_at >= since)
+        .order_by(col(SafetyFlag.created_at))
+    ).all()
+
+
+def occasion_counts(session: Session, *, homework_id: int, since: datetime) -> dict[str, int]:
+    """How the homework's nudges since ``since`` ended up, by status."""
+    rows = session.exec(
+        select(Occasion.status, func.count())
+        .where(Occasion.homework_id == homework_id, Occasion.due_at >= since)
+        .group_by(col(Occasion.status))
+    ).all()
+    return {status: count for status, count in rows}
 
 
 # --- outbox ------------------------------------------------------------------

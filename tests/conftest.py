@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -63,8 +64,16 @@ def clock() -> FrozenClock:
     return FrozenClock(MONDAY)
 
 
-def make_companion(url: str, clock: FrozenClock, tmp_path: Path) -> Companion:
-    return build(Settings(DATABASE_URL=url, config_dir=tmp_path), clock=clock)
+CRISIS_RESOURCES = {
+    "GB": ["Samaritans: call 116 123"],
+    "US": ["988 Suicide & Crisis Lifeline: call or text 988"],
+}
+
+
+def make_companion(url: str, clock: FrozenClock, tmp_path: Path, **overrides: Any) -> Companion:
+    """A companion as `companion run` would build it, on ``url``, with the test's clock."""
+    overrides.setdefault("safety", {"crisis_resources": CRISIS_RESOURCES})
+    return build(Settings(DATABASE_URL=url, config_dir=tmp_path, **overrides), clock=clock)
 
 
 @pytest.fixture

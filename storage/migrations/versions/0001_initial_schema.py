@@ -30,9 +30,7 @@ def upgrade() -> None:
         sa.Column("flow", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("step", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column(
-            "updated_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("updated_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("channel", "address"),
     )
@@ -45,9 +43,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("joinfailure", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_joinfailure_sender_at", ["channel", "address", "at"], unique=False
-        )
+        batch_op.create_index("ix_joinfailure_sender_at", ["channel", "address", "at"], unique=False)
 
     op.create_table(
         "outboxmessage",
@@ -55,43 +51,33 @@ def upgrade() -> None:
         sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("address", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("sent_at", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("outboxmessage", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_outbox_pending", ["channel", "sent_at", "id"], unique=False
-        )
+        batch_op.create_index("ix_outbox_pending", ["channel", "sent_at", "id"], unique=False)
 
     op.create_table(
         "processedinbound",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column(
-            "received_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("received_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("channel", "message_id"),
     )
     with op.batch_alter_table("processedinbound", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_processedinbound_received_at"), ["received_at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_processedinbound_received_at"), ["received_at"], unique=False)
 
     op.create_table(
         "therapist",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("timezone", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("therapist", schema=None) as batch_op:
@@ -106,21 +92,11 @@ def upgrade() -> None:
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("timezone", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("nudge_time", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column(
-            "consented_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "last_contact_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "next_session_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "last_session_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("consented_at", storage._types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_contact_at", storage._types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_session_at", storage._types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_session_at", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["therapist_id"],
             ["therapist.id"],
@@ -129,9 +105,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("therapist_id", "name_key"),
     )
     with op.batch_alter_table("client", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_client_therapist_id"), ["therapist_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_client_therapist_id"), ["therapist_id"], unique=False)
 
     op.create_table(
         "homework",
@@ -149,15 +123,9 @@ def upgrade() -> None:
         sa.Column("due", sa.Date(), nullable=True),
         sa.Column("nudges", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "delivered_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "closed_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", storage._types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("closed_at", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("rationale_own_words", sa.Text(), nullable=True),
         sa.Column("confidence", sa.Integer(), nullable=True),
         sa.Column("smaller_version_wanted", sa.Boolean(), nullable=False),
@@ -172,12 +140,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("homework", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_homework_client_id"), ["client_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_homework_therapist_id"), ["therapist_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_homework_client_id"), ["client_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_homework_therapist_id"), ["therapist_id"], unique=False)
 
     op.create_table(
         "identity",
@@ -186,9 +150,7 @@ def upgrade() -> None:
         sa.Column("address", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("therapist_id", sa.Integer(), nullable=True),
         sa.Column("client_id", sa.Integer(), nullable=True),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["client_id"],
             ["client.id"],
@@ -201,12 +163,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("channel", "address"),
     )
     with op.batch_alter_table("identity", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_identity_client_id"), ["client_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_identity_therapist_id"), ["therapist_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_identity_client_id"), ["client_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_identity_therapist_id"), ["therapist_id"], unique=False)
 
     op.create_table(
         "debrief",
@@ -215,12 +173,8 @@ def upgrade() -> None:
         sa.Column("client_id", sa.Integer(), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column(
-            "started_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "completed_at", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("started_at", storage._types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("quantity", sa.Integer(), nullable=True),
         sa.Column("what_happened", sa.Text(), nullable=True),
         sa.Column("surprised", sa.Text(), nullable=True),
@@ -240,24 +194,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("debrief", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_debrief_client_id"), ["client_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_debrief_homework_id"), ["homework_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_debrief_client_id"), ["client_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_debrief_homework_id"), ["homework_id"], unique=False)
 
     op.create_table(
         "invite",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("code", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("client_id", sa.Integer(), nullable=False),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "expires_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("used_at", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("used_by_identity_id", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -271,9 +217,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("invite", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_invite_client_id"), ["client_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_invite_client_id"), ["client_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_invite_code"), ["code"], unique=True)
 
     op.create_table(
@@ -282,9 +226,7 @@ def upgrade() -> None:
         sa.Column("client_id", sa.Integer(), nullable=False),
         sa.Column("homework_id", sa.Integer(), nullable=True),
         sa.Column("text", sa.Text(), nullable=False),
-        sa.Column(
-            "created_at", storage._types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("created_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["client_id"],
             ["client.id"],
@@ -296,9 +238,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("logentry", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_logentry_client_id"), ["client_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_logentry_client_id"), ["client_id"], unique=False)
 
     op.create_table(
         "occasion",
@@ -308,9 +248,7 @@ def upgrade() -> None:
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("due_at", storage._types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column(
-            "claimed_until", storage._types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("claimed_until", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("sent_at", storage._types.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["client_id"],
@@ -323,15 +261,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("occasion", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_occasion_client_id"), ["client_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_occasion_homework_id"), ["homework_id"], unique=False
-        )
-        batch_op.create_index(
-            "ix_occasion_status_due", ["status", "due_at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_occasion_client_id"), ["client_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_occasion_homework_id"), ["homework_id"], unique=False)
+        batch_op.create_index("ix_occasion_status_due", ["status", "due_at"], unique=False)
 
     # ### end Alembic commands ###
 

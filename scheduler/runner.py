@@ -1,0 +1,35 @@
+"""APScheduler drives the periodic sweep inside `companion run`; the due work itself lives in the database."""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from dialogs.engine import Engine
+from scheduler.sweep import sweep
+from storage import Database
+
+log = logging.getLogger("companion.scheduler")
+
+
+def start(*, db: Database, engine: Engine, interval_seconds: float) -> AsyncIOScheduler:
+    """Start one interval job that sweeps due work; call from inside the running event loop.
+
+    There is one APScheduler job in all, never one per nudge or alert: due
+    work is rows with a due time, so it survives restarts and is shared by
+    processes. The sweep is synchronous (database work) and runs in
+    APScheduler's thread pool, off the event loop; ``max_instances=1`` keeps
+    a slow sweep from overlapping the next.
+    """
+
+    def job() -> None:
+        try:
+            sweep(db=db, engine=engine)
+        except Exception:  # a failed sweep must not stop the next one
+            log.exception("sweep failed")
+
+    scheduler = AsyncIOScheduler()
+    scheduler.add_job(job, "interval", seconds=interval_seconds, max_instances=1, coalesce=True, id="sweep")
+    scheduler.start()
+    return scheduler

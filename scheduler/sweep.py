@@ -1,0 +1,49 @@
+"""One sweep over due work: everything time-driven that must happen without a message arriving."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from dialogs.digest import send_due_digests
+from dialogs.engine import Engine
+from dialogs.guard import escalate_due_alerts
+from dialogs.nudges import SweepCounts, follow_up, send_due_nudges
+from storage import Database
+
+log = logging.getLogger("companion.scheduler")
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    alerts_escalated: int
+    nudges: SweepCounts
+
+
+def sweep(*, db: Database, engine: Engine) -> SweepReport:
+    """Run every due job once; each batch is its own unit of work.
+
+    Safe to run from several processes at once: due rows are claimed with
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serialises writers), and
+    a row's claim, decision and outbox message commit together, so a process
+    that dies mid-sweep leaves its batch to the next sweep, sent once.
+    """
+    now = engine.clock.now()
+    settings, prompts = engine.settings, engine.prompts
+    with db.unit_of_work() as session:
+        escalated = escalate_due_alerts(session, prompts=prompts, settings=settings, now=now)
+    counts = SweepCounts()
+    while True:
+        with db.unit_of_work() as session:
+            if not send_due_nudges(session, prompts=prompts, settings=settings, now=now, counts=counts):
+                break
+    while True:
+        with db.unit_of_work() as session:
+            if not follow_up(session, prompts=prompts, settings=settings, now=now, counts=counts):
+                break
+    with db.unit_of_work() as session:
+        send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts)
+    if escalated:
+        log.warning("re-sent %d unacknowledged crisis alert(s)", escalated)
+    log.info("sweep: %s", asdict(counts))
+    return SweepReport(alerts_escalated=escalated, nudges=counts)
