@@ -69,8 +69,17 @@ def seed(url: str, clients: int, now: datetime) -> None:
             connection.execute(
                 insert(Client),
                 [
-                    {"id": i, "therapist_id": 1, "name": f"c{i}", "name_key": f"c{i}", "status": "active",
-                     "timezone": "Europe/London", "nudge_time": "18:00", "created_at": now, "scheduled_count": 0}
+                    {
+                        "id": i,
+                        "therapist_id": 1,
+                        "name": f"c{i}",
+                        "name_key": f"c{i}",
+                        "status": "active",
+                        "timezone": "Europe/London",
+                        "nudge_time": "18:00",
+                        "created_at": now,
+                        "scheduled_count": 0,
+                    }
                     for i in ids
                 ],
             )
@@ -80,14 +89,36 @@ def seed(url: str, clients: int, now: datetime) -> None:
             )
             connection.execute(
                 insert(Homework),
-                [{"id": i, "client_id": i, "therapist_id": 1, "title": "Evening walk", "what": "a 20 minute walk",
-                  "type": "custom", "status": "open", "created_at": now, "delivered_at": now,
-                  "smaller_version_wanted": False} for i in ids],
+                [
+                    {
+                        "id": i,
+                        "client_id": i,
+                        "therapist_id": 1,
+                        "title": "Evening walk",
+                        "what": "a 20 minute walk",
+                        "type": "custom",
+                        "status": "open",
+                        "created_at": now,
+                        "delivered_at": now,
+                        "smaller_version_wanted": False,
+                    }
+                    for i in ids
+                ],
             )
             connection.execute(
                 insert(Occasion),
-                [{"homework_id": i, "client_id": i, "kind": "nudge", "local_date": now.date(), "local_time": "18:00",
-                  "due_at": now - timedelta(seconds=30), "status": "planned"} for i in ids],
+                [
+                    {
+                        "homework_id": i,
+                        "client_id": i,
+                        "kind": "nudge",
+                        "local_date": now.date(),
+                        "local_time": "18:00",
+                        "due_at": now - timedelta(seconds=30),
+                        "status": "planned",
+                    }
+                    for i in ids
+                ],
             )
     db.dispose()
 
@@ -109,8 +140,13 @@ def run_sweep(url: str, now: datetime) -> dict[str, float]:
     with db.engine.connect() as connection:
         queued = connection.execute(text("SELECT count(*) FROM outboxmessage")).scalar_one()
     db.dispose()
-    return {"seconds": elapsed, "sent": report.nudges.sent, "queued": queued, "peak_mb": _peak_mb(),
-            "peak_mb_before": before}
+    return {
+        "seconds": elapsed,
+        "sent": report.nudges.sent,
+        "queued": queued,
+        "peak_mb": _peak_mb(),
+        "peak_mb_before": before,
+    }
 
 
 _fired = 0
@@ -171,9 +207,23 @@ def _child(args: argparse.Namespace) -> None:
 
 def _spawn(kind: str, url: str, clients: int, now: datetime) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.scheduler_sweep", "--child", kind, "--url", url, "--clients", str(clients),
-         "--now", now.isoformat()],
-        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        [
+            sys.executable,
+            "-m",
+            "bench.scheduler_sweep",
+            "--child",
+            kind,
+            "--url",
+            url,
+            "--clients",
+            str(clients),
+            "--now",
+            now.isoformat(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -193,8 +243,10 @@ def main() -> None:
         return
 
     now = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
-    print(f"# scheduler sweep, {args.clients:,} due nudges; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+    print(
+        f"# scheduler sweep, {args.clients:,} due nudges; {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as workdir:
         for backend in args.backends.split(","):
@@ -205,8 +257,10 @@ def main() -> None:
             finally:
                 _drop(url)
             results[backend] = result
-            print(f"sweep    {backend:10} {result['seconds']:7.2f} s  {args.clients / result['seconds']:9,.0f} nudges/s"
-                  f"  peak {result['peak_mb']:6.0f} MB  (sent {result['sent']:,}, queued {result['queued']:,})")
+            print(
+                f"sweep    {backend:10} {result['seconds']:7.2f} s  {args.clients / result['seconds']:9,.0f} nudges/s"
+                f"  peak {result['peak_mb']:6.0f} MB  (sent {result['sent']:,}, queued {result['queued']:,})"
+            )
         if args.baseline:
             for backend in args.baseline_backends.split(","):
                 url = _fresh_url(backend, Path(workdir))
@@ -215,12 +269,16 @@ def main() -> None:
                 finally:
                     _drop(url)
                 total = base["add_seconds"] + base["run_seconds"]
-                print(f"baseline {backend:10} add {base['add_seconds']:7.2f} s  run {base['run_seconds']:7.2f} s"
-                      f"  peak {base['peak_mb']:6.0f} MB  (fired {base['fired']:,})")
+                print(
+                    f"baseline {backend:10} add {base['add_seconds']:7.2f} s  run {base['run_seconds']:7.2f} s"
+                    f"  peak {base['peak_mb']:6.0f} MB  (fired {base['fired']:,})"
+                )
                 if backend in results:
                     ratio = base["run_seconds"] / results[backend]["seconds"]
-                    print(f"ratio    {backend:10} baseline run / sweep = {ratio:.1f}x;"
-                          f" (add + run) / sweep = {total / results[backend]['seconds']:.1f}x")
+                    print(
+                        f"ratio    {backend:10} baseline run / sweep = {ratio:.1f}x;"
+                        f" (add + run) / sweep = {total / results[backend]['seconds']:.1f}x"
+                    )
 
 
 if __name__ == "__main__":

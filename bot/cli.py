@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.wiring import Companion, build
+from bot.wiring import Companion, WiringError, build
 from channels import console
 from dialogs.timeparse import resolve_timezone
 from storage import queries as q
@@ -42,7 +42,11 @@ def _companion(config: Path | None, *, quiet: bool = False) -> Companion:
     settings = _settings(config)
     if quiet:  # interactive commands: schema chatter would interleave with the conversation
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    return build(settings)
+    try:
+        return build(settings)
+    except WiringError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -140,6 +144,36 @@ def therapist_add(
             raise typer.Exit(1)
         q.add_therapist(session, name=clean, timezone=zone, now=companion.clock.now())
     typer.echo(f"Added therapist {clean} ({zone}). Chat with: companion chat --as 'therapist:{clean}'")
+
+
+@therapist_app.command("link")
+def therapist_link(
+    name: str,
+    telegram: Annotated[bool, typer.Option("--telegram", help="link a Telegram account")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """A one-time code that links a chat account (Telegram, later Slack) to this therapist.
+
+    The therapist sends `/start CODE` to the companion from that account; the
+    code works once and expires in 24 hours.
+    """
+    from datetime import timedelta
+
+    from dialogs.onboarding import new_code
+    from storage import Invite
+
+    companion = _companion(config, quiet=True)
+    with companion.db.unit_of_work() as session:
+        therapist = q.therapist_by_name(session, name=name)
+        if therapist is None:
+            typer.echo(f"error: no therapist called {name!r}", err=True)
+            raise typer.Exit(1)
+        now = companion.clock.now()
+        code = new_code()
+        session.add(Invite(code=code, therapist_id=therapist.id, created_at=now, expires_at=now + timedelta(days=1)))
+    where = "the companion's Telegram bot" if telegram else "the companion"
+    typer.echo(f"Send this from the account to link to {therapist.name}, in {where}:\n\n/start {code}\n")
+    typer.echo("It works once, within 24 hours.")
 
 
 @db_app.command("upgrade")

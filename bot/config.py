@@ -6,15 +6,24 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dialogs.timeparse import parse_clock_time
 from dialogs.turn import DialogSettings
 
 CONFIG_ENV: Final = "COMPANION_CONFIG"
+SECRET_KEYS: Final = (
+    "DATABASE_URL",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "database_url",
+    "telegram_bot_token",
+    "telegram_webhook_secret",
+)
 DEFAULT_CONFIG: Final = Path("config.yaml")
 
 
@@ -85,6 +94,28 @@ class NudgeSettings(_Section):
         return _clock(value)
 
 
+class TelegramSettings(_Section):
+    """Telegram is enabled when TELEGRAM_BOT_TOKEN is set; webhook mode when ``webhook_url`` is."""
+
+    webhook_url: str | None = Field(default=None, description="public HTTPS URL Telegram posts updates to")
+    api_base_url: str = "https://api.telegram.org/bot"
+    polling_timeout: int = Field(default=25, ge=0, le=50)
+    messages_per_second: float = Field(default=30, gt=0, le=1000)
+    per_chat_per_second: float = Field(default=1, gt=0, le=100)
+    request_timeout: float = Field(default=10, gt=0, le=120, description="seconds for one Bot API call")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError("must be an https:// URL (Telegram only calls HTTPS webhooks)")
+        return value
+
+    @property
+    def webhook_path(self) -> str:
+        return urlparse(self.webhook_url).path or "/" if self.webhook_url else "/telegram/webhook"
+
+
 class SafetySettings(_Section):
     """Crisis resources by ISO 3166 country code (taken from the client's time zone).
 
@@ -131,6 +162,10 @@ class Settings(BaseSettings):
     safety: SafetySettings = SafetySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     nudges: NudgeSettings = NudgeSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    # Secrets: environment only (load_settings refuses them in the file).
+    telegram_bot_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_BOT_TOKEN")
+    telegram_webhook_secret: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_WEBHOOK_SECRET")
     log_level: str = "INFO"
 
     # Where relative paths in the file are resolved from (not a setting).
@@ -207,6 +242,9 @@ def load_settings(path: Path | None = None) -> Settings:
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         data = loaded or {}
+        secrets = [key for key in data if key in SECRET_KEYS]
+        if secrets:
+            raise ConfigError(f"{source}: {', '.join(secrets)} must come from the environment, not the config file")
     try:
         return Settings(**data, config_dir=(source.resolve().parent if source else Path.cwd()))
     except ValidationError as exc:

@@ -1,38 +1,85 @@
-"""The HTTP service: health and readiness now; the platform webhooks mount here later."""
+"""The HTTP service: health, readiness and the platform webhooks; background senders and pollers."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from bot.wiring import Companion
+from channels.sender import OutboxSender, RateLimiter
+from channels.telegram import ALLOWED_UPDATES, secret_matches
+
+log = logging.getLogger("companion")
+TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
-def create_app(companion: Companion, *, run_scheduler: bool = False) -> FastAPI:
-    """The ASGI app; with ``run_scheduler`` the periodic sweep runs for the app's lifetime."""
+def create_app(companion: Companion, *, run_scheduler: bool = False, background: bool = True) -> FastAPI:
+    """The ASGI app.
+
+    On start-up it connects the configured platforms (Telegram: getMe, then
+    setWebhook with the secret, or deleteWebhook and long polling). With
+    ``background`` it also runs the outbox senders and the poller, and with
+    ``run_scheduler`` the periodic sweep; tests turn those off and drive
+    ``app.state.senders`` themselves.
+    """
+    settings = companion.settings
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        app.state.senders = {}
+        telegram = companion.telegram
+        if telegram is not None:
+            await telegram.start()
+            link = f"https://t.me/{telegram.username}?start={{code}}"
+            companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=(link,))
+            if settings.telegram.webhook_url:
+                assert settings.telegram_webhook_secret is not None
+                await telegram.bot.set_webhook(
+                    settings.telegram.webhook_url,
+                    secret_token=settings.telegram_webhook_secret.get_secret_value(),
+                    allowed_updates=list(ALLOWED_UPDATES),
+                )
+                log.info("telegram: webhook mode at %s", settings.telegram.webhook_path)
+            else:
+                await telegram.bot.delete_webhook()
+                log.info("telegram: long polling as @%s", telegram.username)
+                if background:
+                    tasks.append(asyncio.create_task(telegram.poll(stop, timeout=settings.telegram.polling_timeout)))
+            app.state.senders["telegram"] = OutboxSender(
+                db=companion.db,
+                channel=telegram,
+                clock=companion.clock,
+                prompts=companion.engine.prompts,
+                limiter=RateLimiter(settings.telegram.messages_per_second, settings.telegram.per_chat_per_second),
+            )
+        if background:
+            tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
         scheduler = None
         if run_scheduler:
             from scheduler.runner import start
 
             scheduler = start(
-                db=companion.db,
-                engine=companion.engine,
-                interval_seconds=companion.settings.scheduler.interval_seconds,
+                db=companion.db, engine=companion.engine, interval_seconds=settings.scheduler.interval_seconds
             )
         try:
             yield
         finally:
+            stop.set()
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if telegram is not None:
+                await telegram.stop()
 
     app = FastAPI(title="Homework Companion", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -52,8 +99,33 @@ def create_app(companion: Companion, *, run_scheduler: bool = False) -> FastAPI:
         try:
             await run_in_threadpool(ping)
         except Exception:  # the reason goes to the log, not to the caller
-            logging.getLogger("companion").exception("readiness check failed")
+            log.exception("readiness check failed")
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ready", "database": companion.db.dialect})
+
+    if companion.telegram is not None and settings.telegram.webhook_url:
+        secret = settings.telegram_webhook_secret.get_secret_value() if settings.telegram_webhook_secret else ""
+        telegram = companion.telegram
+
+        @app.post(settings.telegram.webhook_path)
+        async def telegram_webhook(request: Request) -> JSONResponse:
+            """Telegram's webhook: the secret header first (fail closed), then record, then 200."""
+            given = request.headers.get(TELEGRAM_SECRET_HEADER)
+            if given is None:
+                return JSONResponse({"error": "missing secret"}, status_code=401)
+            if not secret or not secret_matches(secret, given):
+                return JSONResponse({"error": "bad secret"}, status_code=403)
+            try:
+                data = await request.json()
+            except ValueError:
+                return JSONResponse({"error": "not JSON"}, status_code=400)
+            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+                return JSONResponse({"error": "not an update"}, status_code=400)
+            try:
+                await telegram.process(data)
+            except Exception:  # Telegram redelivers; the update_id dedupe makes that safe
+                log.exception("telegram update %s could not be recorded", data.get("update_id"))
+                return JSONResponse({"error": "retry"}, status_code=500)
+            return JSONResponse({})
 
     return app

@@ -7,11 +7,16 @@ from dataclasses import dataclass
 
 import prompts
 from bot.config import Settings
+from channels.telegram import TelegramChannel
 from dialogs.clock import Clock, SystemClock
 from dialogs.engine import Engine
 from storage import Database
 
 log = logging.getLogger("companion")
+
+
+class WiringError(Exception):
+    """The configured channels cannot start safely (e.g. a webhook without its secret)."""
 
 
 @dataclass
@@ -20,6 +25,7 @@ class Companion:
     db: Database
     engine: Engine
     clock: Clock
+    telegram: TelegramChannel | None = None
 
 
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
@@ -29,4 +35,27 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
     if upgrade:
         db.upgrade()
     engine = Engine(prompts=prompts.load(settings.dialog.locale), clock=clock, settings=settings.dialog_settings())
-    return Companion(settings=settings, db=db, engine=engine, clock=clock)
+    return Companion(settings=settings, db=db, engine=engine, clock=clock, telegram=_telegram(settings, db, engine))
+
+
+def _telegram(settings: Settings, db: Database, engine: Engine) -> TelegramChannel | None:
+    if settings.telegram_bot_token is None:
+        return None
+    if settings.telegram.webhook_url and settings.telegram_webhook_secret is None:
+        # Fail closed: a webhook nobody can authenticate would accept anyone's updates.
+        raise WiringError("telegram.webhook_url is set but TELEGRAM_WEBHOOK_SECRET is not")
+    from telegram import Bot
+    from telegram.request import HTTPXRequest
+
+    bot = Bot(
+        settings.telegram_bot_token.get_secret_value(),
+        base_url=settings.telegram.api_base_url,
+        request=HTTPXRequest(
+            connection_pool_size=8,
+            read_timeout=settings.telegram.request_timeout,
+            write_timeout=settings.telegram.request_timeout,
+            connect_timeout=settings.telegram.request_timeout,
+        ),
+        get_updates_request=HTTPXRequest(read_timeout=settings.telegram.polling_timeout + 10),
+    )
+    return TelegramChannel(bot=bot, db=db, engine=engine)

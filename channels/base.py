@@ -32,3 +32,40 @@ def render_plain(message: Outbound) -> str:
         return f"{message.text}\n({values[0]}–{values[-1]})"
     labels = " · ".join(o.label for o in message.options)
     return f"{message.text}\n({labels})"
+
+
+class DeliveryError(Exception):
+    """A platform did not accept a message; the subclass says what the sender should do."""
+
+
+class RetryLater(DeliveryError):
+    """Rate-limited: try again after ``seconds`` (Telegram's 429 retry_after)."""
+
+    def __init__(self, seconds: float, detail: str = "") -> None:
+        super().__init__(detail or f"retry after {seconds} s")
+        self.seconds = seconds
+
+
+class Unreachable(DeliveryError):
+    """The person blocked the companion or the chat is gone: stop sending to it."""
+
+
+class Rejected(DeliveryError):
+    """The platform will never accept this message (a bad request): do not retry."""
+
+
+class Transient(DeliveryError):
+    """A network error or a 5xx: retry with backoff."""
+
+
+class AsyncOutputChannel(Protocol):
+    """A push platform's outbound side, driven by :class:`channels.sender.OutboxSender`.
+
+    :meth:`send` returns only when the platform accepted the whole message and
+    raises a :class:`DeliveryError` subclass otherwise.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def send(self, address: str, message: Outbound) -> None: ...

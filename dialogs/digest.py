@@ -47,6 +47,8 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
     lines = [t("digest.header", client=client.name, start=format_local(start, tz), end=format_local(now, tz))]
     if client.next_session_at and client.next_session_at > now:
         lines.append(t("digest.next_session", when=format_local(client.next_session_at, tz)))
+    if client.unreachable_at:
+        lines.append(t("digest.unreachable", when=format_local(client.unreachable_at, tz)))
 
     agenda: list[str] = []
     flags = q.flags_since(session, client_id=client.id or 0, since=start)

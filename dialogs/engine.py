@@ -85,6 +85,11 @@ class Engine:
         # anything else, whatever its length and whatever the dialog state.
         if turn.therapist is None and turn.text and guard.screen(turn):
             return
+        if turn.inbound.kind == "edited":
+            return  # an edit is screened above, but never re-read as an answer
+        if turn.inbound.kind == "unsupported" and not turn.text:
+            turn.say("common.unsupported")
+            return
         if not turn.text:
             turn.say("common.empty")
             return

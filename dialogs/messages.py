@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MessageKind = Literal["text", "choice", "scale", "alert"]
+InboundKind = Literal["text", "edited", "unsupported"]
 
 
 @dataclass(frozen=True)
@@ -14,13 +15,17 @@ class Inbound:
 
     ``address`` is the platform's id for the chat (a Telegram chat id, a
     WhatsApp number, a console handle); ``message_id`` is the platform's id
-    for this message and is what duplicates are recognised by.
+    for this message and is what duplicates are recognised by. ``kind`` is
+    ``edited`` for an edit of an earlier message (screened for risk, never
+    taken as an answer) and ``unsupported`` for content the companion cannot
+    read (a voice note, a sticker).
     """
 
     channel: str
     address: str
     text: str
     message_id: str
+    kind: InboundKind = "text"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Final
 
 from sqlalchemy import insert, tuple_, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from dialogs.messages import Option, Outbound
@@ -349,9 +350,9 @@ def _within_cap(client: Client, settings: DialogSettings, now: datetime) -> bool
     return True
 
 
-def _nudge(prompts: Prompts, homework: Homework, *, follow_up: bool) -> Outbound:
+def _nudge(prompts: Prompts, title: str, what: str | None, *, follow_up: bool) -> Outbound:
     key = "nudge.follow_up" if follow_up else "nudge.reminder"
-    text = prompts.text(key, title=homework.title, what=homework.what or homework.title)
+    text = prompts.text(key, title=title, what=what or title)
     options = (
         Option("done", prompts.text("nudge.done")),
         Option("didn't do it", prompts.text("nudge.not_done")),
@@ -370,9 +371,9 @@ def send_due_nudges(
     four lookups for the whole batch, then one UPDATE per outcome and one
     multi-row INSERT into the outbox.
     """
-    due = session.exec(
-        select(Occasion.id, Occasion.client_id, Occasion.homework_id, Occasion.due_at)
-        .where(Occasion.status == OccasionStatus.PLANNED, col(Occasion.due_at) <= now)
+    due = session.execute(
+        sa_select(col(Occasion.id), col(Occasion.client_id), col(Occasion.homework_id), col(Occasion.due_at))
+        .where(col(Occasion.status) == OccasionStatus.PLANNED, col(Occasion.due_at) <= now)
         # Index order (status, due_at): the planner walks the index and stops
         # at the limit; ORDER BY id would sort every due row for every batch.
         .order_by(col(Occasion.due_at))
@@ -384,30 +385,30 @@ def send_due_nudges(
     client_ids = {row.client_id for row in due}
     clients = {
         c.id: c
-        for c in session.exec(
-            select(
-                Client.id,
-                Client.status,
-                Client.crisis_since,
-                Client.unreachable_at,
-                Client.timezone,
-                Client.scheduled_day,
-                Client.scheduled_count,
+        for c in session.execute(
+            sa_select(
+                col(Client.id),
+                col(Client.status),
+                col(Client.crisis_since),
+                col(Client.unreachable_at),
+                col(Client.timezone),
+                col(Client.scheduled_day),
+                col(Client.scheduled_count),
             ).where(col(Client.id).in_(client_ids))
         )
     }
     homeworks = {
         h.id: h
-        for h in session.exec(
-            select(Homework.id, Homework.status, Homework.title, Homework.what).where(
+        for h in session.execute(
+            sa_select(col(Homework.id), col(Homework.status), col(Homework.title), col(Homework.what)).where(
                 col(Homework.id).in_({row.homework_id for row in due})
             )
         )
     }
     chats = {
         i.client_id: (i.channel, i.address)  # ordered by id: the latest linked chat wins
-        for i in session.exec(
-            select(Identity.client_id, Identity.channel, Identity.address)
+        for i in session.execute(
+            sa_select(col(Identity.client_id), col(Identity.channel), col(Identity.address))
             .where(col(Identity.client_id).in_(client_ids))
             .order_by(col(Identity.id))
         )
@@ -415,10 +416,10 @@ def send_due_nudges(
     busy = (
         {
             (s.channel, s.address)
-            for s in session.exec(
-                select(ConversationState.channel, ConversationState.address).where(
+            for s in session.execute(
+                sa_select(col(ConversationState.channel), col(ConversationState.address)).where(
                     tuple_(col(ConversationState.channel), col(ConversationState.address)).in_(list(chats.values())),
-                    ConversationState.flow != IDLE,
+                    col(ConversationState.flow) != IDLE,
                 )
             )
         }
@@ -465,7 +466,7 @@ def send_due_nudges(
                 continue
             caps[row.client_id] = (day, sent_today + 1)
             if row.homework_id not in payloads:
-                payloads[row.homework_id] = _nudge(prompts, homework, follow_up=False).to_payload()
+                payloads[row.homework_id] = _nudge(prompts, homework.title, homework.what, follow_up=False).to_payload()
             outbox.append(
                 {
                     "channel": chat[0],
@@ -545,7 +546,7 @@ def follow_up(
         )
         if sendable:
             assert chat is not None and homework is not None
-            message = _nudge(prompts, homework, follow_up=True)
+            message = _nudge(prompts, homework.title, homework.what, follow_up=True)
             q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
             occasion.status, occasion.followed_up_at = OccasionStatus.FOLLOWED_UP, now
             counts.followed_up += 1

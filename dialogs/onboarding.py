@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Final
 
 from dialogs.homework import deliver_pending
@@ -57,9 +58,34 @@ def start_join(turn: Turn, code: str) -> None:
         turn.idle()
         turn.say("join.bad_code")
         return
+    if invite.therapist_id is not None:
+        _link_therapist(turn, invite)
+        return
     client, therapist = _people(turn, invite)
     turn.goto("join", "consent", invite_id=invite.id)
     turn.say("join.consent", kind="choice", options=turn.yes_no(), client=client.name, therapist=therapist.name)
+
+
+def _link_therapist(turn: Turn, invite: Invite) -> None:
+    """A therapist's link code: this chat becomes theirs (no consent flow; they are staff)."""
+    therapist = turn.session.get(Therapist, invite.therapist_id)
+    assert therapist is not None
+    linked = q.link_identity(
+        turn.session,
+        channel=turn.inbound.channel,
+        address=turn.inbound.address,
+        now=turn.now,
+        therapist_id=therapist.id,
+    )
+    invite.used_at, invite.used_by_identity_id = turn.now, linked.id
+    turn.session.add(invite)
+    turn.idle()
+    turn.say("therapist.linked", therapist=therapist.name)
+
+
+def join_links(templates: tuple[str, ...], code: str, prompts_text: Callable[..., str]) -> str:
+    """The tap-to-join links for the platforms that are configured, as extra reply lines."""
+    return "".join(prompts_text("therapist.join_link", link=t.format(code=code)) for t in templates)
 
 
 def _people(turn: Turn, invite: Invite) -> tuple[Client, Therapist]:

@@ -19,7 +19,7 @@ from dialogs.homework import (
     normalise_field,
 )
 from dialogs.nudges import cancel_planned, next_weekly
-from dialogs.onboarding import new_code
+from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
 from dialogs.turn import Turn, split_command
 from storage import Client, ClientStatus, FlagLevel, Homework, HomeworkStatus, SafetyFlag
@@ -124,7 +124,13 @@ def cmd_invite(turn: Turn, rest: str) -> None:
             continue
     else:  # pragma: no cover - astronomically unlikely
         raise RuntimeError("could not generate a unique invite code")
-    turn.say("therapist.invite.created", client=client.name, code=invite.code, expires=_when(turn, invite.expires_at))
+    turn.say(
+        "therapist.invite.created",
+        client=client.name,
+        code=invite.code,
+        expires=_when(turn, invite.expires_at),
+        links=join_links(turn.settings.join_links, invite.code, turn.t),
+    )
 
 
 def cmd_clients(turn: Turn, _rest: str) -> None:
@@ -141,7 +147,13 @@ def cmd_clients(turn: Turn, _rest: str) -> None:
             turn.t(
                 "therapist.clients.line",
                 client=client.name,
-                status=client.status,
+                status=(
+                    turn.t(
+                        "therapist.clients.unreachable", status=client.status, since=_when(turn, client.unreachable_at)
+                    )
+                    if client.unreachable_at
+                    else client.status
+                ),
                 homework=f"#{current.id} {current.title}" if current else turn.t("therapist.clients.no_homework"),
                 last_contact=_when(turn, client.last_contact_at),
             )

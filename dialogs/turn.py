@@ -44,6 +44,9 @@ class DialogSettings:
     busy_retry: timedelta = timedelta(minutes=30)
     digest_lead: timedelta = timedelta(hours=2)
     tonight: time = time(20, 0)
+    # Join-link templates per platform, e.g. "https://t.me/companion_bot?start={code}",
+    # filled in at start-up by the channels that are configured.
+    join_links: tuple[str, ...] = ()
 
 
 def clean_text(raw: str) -> str:

@@ -119,9 +119,12 @@ class Identity(SQLModel, table=True):
 
 
 class Invite(SQLModel, table=True):
+    """A single-use, expiring code: a client's invite, or a therapist's code to link a chat account."""
+
     id: int | None = Field(default=None, primary_key=True)
     code: str = Field(unique=True, index=True)
-    client_id: int = Field(foreign_key="client.id", index=True)
+    client_id: int | None = Field(default=None, foreign_key="client.id", index=True)
+    therapist_id: int | None = Field(default=None, foreign_key="therapist.id")
     created_at: datetime = _ts(nullable=False)
     expires_at: datetime = _ts(nullable=False)
     used_at: datetime | None = _ts()
@@ -259,7 +262,13 @@ class ConversationState(SQLModel, table=True):
 
 
 class OutboxMessage(SQLModel, table=True):
-    """A message waiting for its platform to accept it; sent_at is set only after it did."""
+    """A message waiting for its platform to accept it; sent_at is set only after it did.
+
+    A sender claims a row by setting ``claimed_until`` (a lease: a sender that
+    dies mid-send leaves the row to be claimed again), and defers it with
+    ``next_attempt_at`` after a rate limit or a transient error. ``failed_at``
+    ends a row the platform will never accept (blocked, bad request).
+    """
 
     __table_args__ = (Index("ix_outbox_pending", "channel", "sent_at", "id"),)
 
@@ -271,6 +280,9 @@ class OutboxMessage(SQLModel, table=True):
     sent_at: datetime | None = _ts()
     attempts: int = 0
     last_error: str | None = None
+    next_attempt_at: datetime | None = _ts()
+    claimed_until: datetime | None = _ts()
+    failed_at: datetime | None = _ts()
 
 
 class ProcessedInbound(SQLModel, table=True):

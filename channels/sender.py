@@ -1,0 +1,226 @@
+"""Delivers the outbox to a push platform: leases, rate limits, retries, and blocked chats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+from sqlalchemy import or_, update
+from sqlmodel import col, select
+
+from channels.base import AsyncOutputChannel, Rejected, RetryLater, Unreachable
+from dialogs.clock import Clock
+from dialogs.messages import Outbound
+from dialogs.presence import set_reachable
+from prompts import Prompts
+from storage import Database, OutboxMessage
+
+log = logging.getLogger("companion.sender")
+MAX_BACKOFF: Final = timedelta(minutes=10)
+
+
+class RateLimiter:
+    """Spaces sends to at most ``per_second`` overall and ``per_chat_per_second`` per chat.
+
+    Time and sleep are injected so tests need no real waiting. Not thread-safe:
+    one limiter per sender task (asyncio is single-threaded).
+    """
+
+    def __init__(
+        self,
+        per_second: float,
+        per_chat_per_second: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._global_gap = 1 / per_second if per_second > 0 else 0.0
+        self._chat_gap = 1 / per_chat_per_second if per_chat_per_second > 0 else 0.0
+        self._monotonic, self._sleep = monotonic, sleep
+        self._next_global = 0.0
+        self._next_chat: dict[str, float] = {}
+
+    async def acquire(self, chat: str) -> None:
+        now = self._monotonic()
+        ready = max(self._next_global, self._next_chat.get(chat, 0.0))
+        if ready > now:
+            await self._sleep(ready - now)
+            now = ready
+        self._next_global = now + self._global_gap
+        self._next_chat[chat] = now + self._chat_gap
+        if len(self._next_chat) > 10_000:  # forget chats that are long ready
+            self._next_chat = {c: t for c, t in self._next_chat.items() if t > now}
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    address: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+class OutboxSender:
+    """Claims a channel's pending outbox rows and delivers them in order, at least once.
+
+    A row is leased (``claimed_until``) before sending, so several processes
+    can run senders without sending a row twice, and a sender that dies
+    mid-send leaves the row to be claimed again after the lease. A row is
+    marked sent only after the platform accepted it. Rate limits and
+    transient errors defer the row *and every later row for the same chat*,
+    so a chat never receives messages out of order. A blocked chat fails its
+    rows and marks the client unreachable (the therapist is told).
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        channel: AsyncOutputChannel,
+        clock: Clock,
+        prompts: Prompts,
+        limiter: RateLimiter,
+        batch: int = 50,
+        lease: timedelta = timedelta(minutes=2),
+    ) -> None:
+        self.db, self.channel, self.clock, self.prompts, self.limiter = db, channel, clock, prompts, limiter
+        self.batch, self.lease = batch, lease
+
+    async def drain_once(self) -> int:
+        """Claim one batch and try to deliver it; returns how many rows were claimed."""
+        claimed = await asyncio.to_thread(self._claim)
+        deferred: set[str] = set()
+        for row in claimed:
+            if row.address in deferred:
+                await asyncio.to_thread(self._release, row.id)
+                continue
+            if not await self._deliver(row):
+                deferred.add(row.address)
+        return len(claimed)
+
+    async def run(self, stop: asyncio.Event, *, idle: float = 0.5) -> None:
+        """Drain until ``stop`` is set, waiting ``idle`` seconds when there is nothing to send."""
+        while not stop.is_set():
+            try:
+                sent = await self.drain_once()
+            except Exception:  # keep delivering; the next round retries
+                log.exception("outbox drain failed for %s", self.channel.name)
+                sent = 0
+            if not sent:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=idle)
+
+    # --- database steps (run in a worker thread) ---------------------------------------
+
+    def _claim(self) -> list[_Claimed]:
+        now = self.clock.now()
+        with self.db.unit_of_work() as session:
+            rows = session.exec(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.channel == self.channel.name,
+                    col(OutboxMessage.sent_at).is_(None),
+                    col(OutboxMessage.failed_at).is_(None),
+                    or_(col(OutboxMessage.next_attempt_at).is_(None), col(OutboxMessage.next_attempt_at) <= now),
+                    or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now),
+                )
+                .order_by(col(OutboxMessage.id))
+                .limit(self.batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                row.claimed_until = now + self.lease
+                session.add(row)
+            return [_Claimed(r.id or 0, r.address, dict(r.payload), r.attempts) for r in rows]
+
+    def _release(self, row_id: int) -> None:
+        with self.db.unit_of_work() as session:
+            session.execute(update(OutboxMessage).where(col(OutboxMessage.id) == row_id).values(claimed_until=None))
+
+    def _finish(self, row: _Claimed, **values: Any) -> None:
+        with self.db.unit_of_work() as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(col(OutboxMessage.id) == row.id)
+                .values(claimed_until=None, attempts=row.attempts + 1, **values)
+            )
+
+    def _defer(self, row: _Claimed, *, until: Any, error: str) -> None:
+        with self.db.unit_of_work() as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(col(OutboxMessage.id) == row.id)
+                .values(claimed_until=None, attempts=row.attempts + 1, next_attempt_at=until, last_error=error)
+            )
+            # Later messages to the same chat wait too, so order is kept.
+            session.execute(
+                update(OutboxMessage)
+                .where(
+                    col(OutboxMessage.channel) == self.channel.name,
+                    col(OutboxMessage.address) == row.address,
+                    col(OutboxMessage.id) > row.id,
+                    col(OutboxMessage.sent_at).is_(None),
+                )
+                .values(next_attempt_at=until)
+            )
+
+    def _unreachable(self, row: _Claimed, error: str) -> None:
+        now = self.clock.now()
+        with self.db.unit_of_work() as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(
+                    col(OutboxMessage.channel) == self.channel.name,
+                    col(OutboxMessage.address) == row.address,
+                    col(OutboxMessage.sent_at).is_(None),
+                    col(OutboxMessage.failed_at).is_(None),
+                )
+                .values(failed_at=now, claimed_until=None, last_error=error)
+            )
+            set_reachable(
+                session,
+                prompts=self.prompts,
+                channel=self.channel.name,
+                address=row.address,
+                reachable=False,
+                now=now,
+            )
+
+    # --- one delivery --------------------------------------------------------------------
+
+    async def _deliver(self, row: _Claimed) -> bool:
+        """Send one row; True if it is settled (sent or failed for good), False if deferred."""
+        await self.limiter.acquire(row.address)
+        now = self.clock.now()
+        try:
+            await self.channel.send(row.address, Outbound.from_payload(row.payload))
+        except RetryLater as exc:
+            await asyncio.to_thread(self._defer, row, until=now + timedelta(seconds=exc.seconds), error="rate limited")
+            return False
+        except Unreachable as exc:
+            log.warning("%s chat refused delivery (outbox #%d): %s", self.channel.name, row.id, exc)
+            await asyncio.to_thread(self._unreachable, row, "unreachable")
+            return True
+        except Rejected as exc:
+            log.error("%s rejected outbox #%d: %s", self.channel.name, row.id, exc)
+            await asyncio.to_thread(self._finish, row, failed_at=now, last_error="rejected")
+            return True
+        except Exception as exc:  # transient: network, 5xx, timeouts
+            backoff = min(timedelta(seconds=2 ** min(row.attempts, 12)), MAX_BACKOFF)
+            log.warning(
+                "%s send failed (outbox #%d, attempt %d): %s",
+                self.channel.name,
+                row.id,
+                row.attempts + 1,
+                exc.__class__.__name__,
+            )
+            await asyncio.to_thread(self._defer, row, until=now + backoff, error=exc.__class__.__name__)
+            return False
+        await asyncio.to_thread(self._finish, row, sent_at=now)
+        return True
