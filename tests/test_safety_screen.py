@@ -15,14 +15,21 @@ from hypothesis import strategies as st
 from dialogs import safety
 from dialogs.safety import LEVELS, RiskAssessment, assess, known_reasons
 
-DATA: Final = Path(__file__).resolve().parent / "data" / "safety_labelled.yaml"
+DATA_DIR: Final = Path(__file__).resolve().parent / "data"
+# The original labelled set, and a second batch written independently, before its author read
+# the lexicon, to measure (and keep) generalisation rather than sentence memorisation.
+LABELLED: Final = {
+    "original": DATA_DIR / "safety_labelled.yaml",
+    "fresh": DATA_DIR / "safety_labelled_2.yaml",
+}
+DATA: Final = LABELLED["original"]
 CONCERN_RECALL: Final = 0.90
 NONE_TO_CRISIS: Final = 0.03
 
 
-def _load() -> list[dict[str, Any]]:
-    items = yaml.safe_load(DATA.read_text(encoding="utf-8"))
-    assert isinstance(items, list) and items, "the labelled set is empty"
+def _load(path: Path = DATA) -> list[dict[str, Any]]:
+    items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(items, list) and items, f"the labelled set {path.name} is empty"
     for item in items:
         assert set(item) == {"text", "level"}, item
         assert item["level"] in LEVELS, item
@@ -30,11 +37,13 @@ def _load() -> list[dict[str, Any]]:
     return items
 
 
-ITEMS: Final = _load()
+SETS: Final = {name: _load(path) for name, path in LABELLED.items()}
+ITEMS: Final = SETS["original"]
+ALL_ITEMS: Final = [item for items in SETS.values() for item in items]
 
 
-def _of(level: str) -> list[str]:
-    return [item["text"] for item in ITEMS if item["level"] == level]
+def _of(level: str, items: list[dict[str, Any]] = ITEMS) -> list[str]:
+    return [item["text"] for item in items if item["level"] == level]
 
 
 def _show(failures: list[tuple[str, RiskAssessment]]) -> str:
@@ -57,23 +66,38 @@ def test_labelled_set_shape() -> None:
     assert len(texts) == len(set(texts)), "duplicate messages in the labelled set"
 
 
-def test_every_crisis_message_is_crisis() -> None:
-    failures = [(text, r) for text in _of("crisis") if (r := assess(text)).level != "crisis"]
-    assert not failures, f"{len(failures)} crisis message(s) missed:\n{_show(failures)}"
+def test_fresh_labelled_set_shape() -> None:
+    items = SETS["fresh"]
+    assert len(items) >= 200
+    assert len(_of("crisis", items)) >= 90
+    assert len(_of("concern", items)) >= 50
+    assert len(_of("none", items)) >= 60
+    texts = [i["text"] for i in items]
+    assert len(texts) == len(set(texts)), "duplicate messages in the fresh labelled set"
+    assert not set(texts) & {i["text"] for i in ITEMS}, "the fresh set must not repeat the original set"
+    assert any(i["level"] == "crisis" and len(i["text"]) >= 300 for i in items), "need a buried crisis"
 
 
-def test_concern_recall() -> None:
-    texts = _of("concern")
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_every_crisis_message_is_crisis(name: str) -> None:
+    failures = [(text, r) for text in _of("crisis", SETS[name]) if (r := assess(text)).level != "crisis"]
+    assert not failures, f"{name}: {len(failures)} crisis message(s) missed:\n{_show(failures)}"
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_concern_recall(name: str) -> None:
+    texts = _of("concern", SETS[name])
     failures = [(text, r) for text in texts if (r := assess(text)).level == "none"]
     recall = 1 - len(failures) / len(texts)
-    assert recall >= CONCERN_RECALL, f"concern recall {recall:.1%} < {CONCERN_RECALL:.0%}:\n{_show(failures)}"
+    assert recall >= CONCERN_RECALL, f"{name}: concern recall {recall:.1%} < {CONCERN_RECALL:.0%}:\n{_show(failures)}"
 
 
-def test_few_false_crises() -> None:
-    texts = _of("none")
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_few_false_crises(name: str) -> None:
+    texts = _of("none", SETS[name])
     failures = [(text, r) for text in texts if (r := assess(text)).level == "crisis"]
     rate = len(failures) / len(texts)
-    assert rate <= NONE_TO_CRISIS, f"none -> crisis {rate:.1%} > {NONE_TO_CRISIS:.0%}:\n{_show(failures)}"
+    assert rate <= NONE_TO_CRISIS, f"{name}: none -> crisis {rate:.1%} > {NONE_TO_CRISIS:.0%}:\n{_show(failures)}"
 
 
 # --------------------------------------------------------------------------- behaviour the spec names
@@ -97,6 +121,64 @@ def test_few_false_crises() -> None:
 )
 def test_spec_examples(text: str, level: str) -> None:
     assert assess(text).level == level
+
+
+@pytest.mark.parametrize(
+    ("text", "level"),
+    [
+        # Death wishes that sound active are crisis; passive or denied ones are not.
+        ("I want to die", "crisis"),
+        ("wanna die tbh", "crisis"),
+        ("feeling suicidal", "crisis"),
+        ("I don't want to be alive anymore", "crisis"),
+        ("sometimes I wish I could just not wake up", "concern"),
+        ("I tried to kill myself when I was 16", "concern"),
+        ("I'd never act on it but I think about death a lot", "concern"),
+        # The backstop: new wordings of the same concepts, in a first-person clause.
+        ("I'm going to starve myself until I die", "crisis"),
+        ("i keep cutting deeper every night", "crisis"),
+        ("lined up the pills again", "crisis"),
+        ("I've bought a rope. Mood 1/10.", "crisis"),
+        ("i keep stepping closer to the edge of the platform", "crisis"),
+        ("im taking myself out of the picture tonight", "crisis"),
+        ("i want to dye, no joke", "crisis"),
+        # ... and what explains them away, locally.
+        ("I want to dye my hair blue", "none"),
+        ("Hot thought: I'm going to die. Belief 90%.", "none"),
+        ("I felt like I was dying during the panic attack", "none"),
+        ("I think my nan is going to die soon, the hospice called", "none"),
+        ("I'd die for a pizza", "none"),
+        ("i'm dead 💀 that video", "none"),
+        ("I'm dead worried about my son's exams", "none"),
+        ("I keep cutting myself off in meetings", "none"),
+        ("I bought a new rope for bouldering", "none"),
+        ("I've got my meds ready for the week in the organiser", "none"),
+        ("I'm on the roof fixing the leak, worksheet later", "none"),
+        ("Said my goodbyes to the old house today", "none"),
+        ("I read a memoir about suicide for book club", "none"),
+    ],
+)
+def test_concepts_not_sentences(text: str, level: str) -> None:
+    assert assess(text).level == level, assess(text)
+
+
+def test_capitalised_titles_are_recognised_after_inflected_verbs() -> None:
+    # The cheap gate in front of the case-sensitive title patterns must open for "reading".
+    assert assess("Started reading Suicide Notes from Beautiful Girls, the twist is wild").level == "none"
+
+
+def test_with_requires_the_companion_in_the_same_clause() -> None:
+    lexicon = safety._compile(
+        {"rules": [{"id": "r", "level": "crisis", "reason": "x", "with": "me|i", "patterns": ["boom"]}]}, "xx"
+    )
+    assert safety._screen("boom goes the dynamite", lexicon).level == "none"
+    assert safety._screen("boom, said I", lexicon).level == "none"  # another clause
+    assert safety._screen("i said boom", lexicon).level == "crisis"
+    assert safety._screen("boom said i", lexicon).level == "crisis"  # any order
+    with pytest.raises(ValueError, match="bad safety pattern"):
+        safety._compile(
+            {"rules": [{"id": "r", "level": "crisis", "reason": "x", "with": "(", "patterns": ["a"]}]}, "xx"
+        )
 
 
 def test_hyperbole_is_suppressed_only_in_its_own_clause() -> None:
@@ -128,7 +210,7 @@ def test_reasons_are_severity_ordered_and_from_the_lexicon() -> None:
 
 def test_reasons_never_contain_the_message() -> None:
     vocabulary = known_reasons()
-    for item in ITEMS:
+    for item in ALL_ITEMS:
         r = assess(item["text"])
         assert set(r.reasons) <= vocabulary
         for reason in r.reasons:
@@ -174,7 +256,9 @@ def test_keyword_prefilters_never_change_a_result() -> None:
         benign=unfiltered(lexicon.benign),
         cased_benign_if=None,
     )
-    texts = [item["text"] for item in ITEMS] + HOSTILE[:6] + ["kil myslef 2nite", "sewer slide tn 💊", "u wanna od?"]
+    texts = (
+        [item["text"] for item in ALL_ITEMS] + HOSTILE[:6] + ["kil myslef 2nite", "sewer slide tn 💊", "u wanna od?"]
+    )
     for text in texts:
         assert safety._screen(text, lexicon) == safety._screen(text, plain), text
 
@@ -253,6 +337,26 @@ def test_long_input_is_linear_and_fast() -> None:
     for text in ("I am fine. " * 1_000, "a " * 5_000, "kill my " * 1_500):
         assess(text)
     assert time.perf_counter() - start < 1.0
+    # One long clause repeating a risk phrase: every match reads its modifiers, which must not
+    # rescan the clause each time (this took seconds before modifier answers were memoised).
+    start = time.perf_counter()
+    for text in ("i want to die " * 700, "i am not going to kill myself " * 330):
+        assert assess(text).level != "none"
+    assert time.perf_counter() - start < 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["and", "i", "not", "want", "to", "die", "never", "so", "because", "x"]), max_size=40))
+def test_bounded_prefix_equals_the_whole_clause_prefix(words: list[str]) -> None:
+    lexicon = safety._lexicon("en")
+    clause = " ".join([*words, "end"])
+    ctx = safety._Context(lexicon, [])
+    start = len(clause) - len("end")
+    before = clause[:start]
+    breaks = list(lexicon.breakers.finditer(before))
+    if breaks:
+        before = before[breaks[-1].end() :]
+    assert ctx.prefix(clause, start) == " ".join(before.split()[-lexicon.prefix_words :])
 
 
 def test_typical_message_is_fast() -> None:
@@ -285,7 +389,7 @@ def test_any_text_gets_a_valid_level(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(sorted({w for i in ITEMS for w in i["text"].split()})), max_size=60))
+@given(st.lists(st.sampled_from(sorted({w for i in ALL_ITEMS for w in i["text"].split()})), max_size=60))
 def test_word_salad_from_the_labelled_set_is_valid_and_deterministic(words: list[str]) -> None:
     text = " ".join(words)
     first = assess(text)
