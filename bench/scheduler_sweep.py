@@ -120,6 +120,12 @@ def seed(url: str, clients: int, now: datetime) -> None:
                     for i in ids
                 ],
             )
+    if db.dialect == "postgresql":
+        # Autovacuum analyses tables this size in production; a benchmark that
+        # sweeps right after a bulk load must do it itself, or the planner
+        # guesses 89 due rows and sorts all 100,000 for every batch.
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("ANALYZE occasion, client, homework, identity, conversationstate"))
     db.dispose()
 
 
@@ -171,17 +177,14 @@ def run_baseline(url: str, clients: int) -> dict[str, float]:
         job_defaults={"misfire_grace_time": 3600, "coalesce": False},
         timezone=UTC,
     )
-    run_at = datetime.now(UTC) + timedelta(days=1)  # added paused: adding is measured on its own
+    # Paused while adding, so adding is measured on its own; each job is due
+    # at once (run_date = now), as 100,000 nudges due now would be.
     scheduler.start(paused=True)
+    run_at = datetime.now(UTC)
     started = time.perf_counter()
     for n in range(clients):
         scheduler.add_job(_job, "date", run_date=run_at, id=f"nudge-{n}", args=())
     added = time.perf_counter() - started
-    # Make every job due now, then let the scheduler run them.
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE apscheduler_jobs SET next_run_time = :t"), {"t": time.time() - 1})
-    engine.dispose()
     started = time.perf_counter()
     scheduler.resume()
     scheduler.wakeup()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Final
 
-from sqlalchemy import insert, tuple_, update
+from sqlalchemy import insert, literal, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -361,50 +361,57 @@ def _nudge(prompts: Prompts, title: str, what: str | None, *, follow_up: bool) -
     return Outbound(text, kind="choice", options=options)
 
 
-def send_due_nudges(
-    session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime, counts: SweepCounts
-) -> int:
-    """Claim one batch of due nudges and send, skip, defer or mark them; returns the batch size.
+Cursor = tuple[datetime, int]
 
-    This is the scheduler's hot path (100,000 due nudges must sweep in
-    seconds), so it works on columns, not ORM objects: one claiming SELECT,
-    four lookups for the whole batch, then one UPDATE per outcome and one
-    multi-row INSERT into the outbox.
+
+def send_due_nudges(
+    session: Session,
+    *,
+    prompts: Prompts,
+    settings: DialogSettings,
+    now: datetime,
+    counts: SweepCounts,
+    after: Cursor | None = None,
+) -> Cursor | None:
+    """Claim one batch of due nudges and send, skip, defer or mark them.
+
+    Returns the cursor to pass as ``after`` for the next batch of the same
+    sweep, or None when nothing is left. This is the scheduler's hot path
+    (100,000 due nudges must sweep in seconds), so it works on columns, not
+    ORM objects: one claiming SELECT that continues from the cursor along the
+    (status, due_at, id) index, four lookups for the whole batch, one UPDATE
+    per outcome and one multi-row INSERT into the outbox.
     """
+    conditions = [col(Occasion.status) == OccasionStatus.PLANNED, col(Occasion.due_at) <= now]
+    if after is not None:
+        conditions.append(tuple_(col(Occasion.due_at), col(Occasion.id)) > tuple_(literal(after[0]), literal(after[1])))
     due = session.execute(
-        sa_select(col(Occasion.id), col(Occasion.client_id), col(Occasion.homework_id), col(Occasion.due_at))
-        .where(col(Occasion.status) == OccasionStatus.PLANNED, col(Occasion.due_at) <= now)
-        # Index order (status, due_at): the planner walks the index and stops
-        # at the limit; ORDER BY id would sort every due row for every batch.
-        .order_by(col(Occasion.due_at))
+        sa_select(
+            col(Occasion.id),
+            col(Occasion.client_id),
+            col(Occasion.homework_id),
+            col(Occasion.due_at),
+            col(Client.status).label("client_status"),
+            col(Client.crisis_since),
+            col(Client.unreachable_at),
+            col(Client.timezone),
+            col(Client.scheduled_day),
+            col(Client.scheduled_count),
+            col(Homework.status).label("homework_status"),
+            col(Homework.title),
+            col(Homework.what),
+        )
+        .join(Client, col(Client.id) == col(Occasion.client_id))
+        .join(Homework, col(Homework.id) == col(Occasion.homework_id))
+        .where(*conditions)
+        .order_by(col(Occasion.due_at), col(Occasion.id))
         .limit(BATCH)
-        .with_for_update(skip_locked=True)
+        # Only the occasion rows are locked: clients and homework are read, not claimed.
+        .with_for_update(skip_locked=True, of=Occasion)
     ).all()
     if not due:
-        return 0
+        return None
     client_ids = {row.client_id for row in due}
-    clients = {
-        c.id: c
-        for c in session.execute(
-            sa_select(
-                col(Client.id),
-                col(Client.status),
-                col(Client.crisis_since),
-                col(Client.unreachable_at),
-                col(Client.timezone),
-                col(Client.scheduled_day),
-                col(Client.scheduled_count),
-            ).where(col(Client.id).in_(client_ids))
-        )
-    }
-    homeworks = {
-        h.id: h
-        for h in session.execute(
-            sa_select(col(Homework.id), col(Homework.status), col(Homework.title), col(Homework.what)).where(
-                col(Homework.id).in_({row.homework_id for row in due})
-            )
-        )
-    }
     chats = {
         i.client_id: (i.channel, i.address)  # ordered by id: the latest linked chat wins
         for i in session.execute(
@@ -413,12 +420,13 @@ def send_due_nudges(
             .order_by(col(Identity.id))
         )
     }
+    # One-column IN (a tuple IN of a thousand pairs plans slowly); the channel is checked here.
     busy = (
         {
             (s.channel, s.address)
             for s in session.execute(
                 sa_select(col(ConversationState.channel), col(ConversationState.address)).where(
-                    tuple_(col(ConversationState.channel), col(ConversationState.address)).in_(list(chats.values())),
+                    col(ConversationState.address).in_({address for _, address in chats.values()}),
                     col(ConversationState.flow) != IDLE,
                 )
             )
@@ -437,28 +445,27 @@ def send_due_nudges(
     payloads: dict[int, dict[str, object]] = {}
     today_in: dict[str, date] = {}
     for row in due:
-        client, homework, chat = clients.get(row.client_id), homeworks.get(row.homework_id), chats.get(row.client_id)
+        chat = chats.get(row.client_id)
         if row.due_at < now - settings.catch_up_grace:
             # Down for longer than the grace period: recorded, never sent in a burst.
             outcome[OccasionStatus.MISSED].append(row.id)
-        elif homework is None or homework.status != HomeworkStatus.OPEN:
+        elif row.homework_status != HomeworkStatus.OPEN:
             outcome[OccasionStatus.CANCELLED].append(row.id)
         elif (
-            client is None
-            or chat is None
-            or client.status != ClientStatus.ACTIVE
-            or client.crisis_since is not None
-            or client.unreachable_at is not None
+            chat is None
+            or row.client_status != ClientStatus.ACTIVE
+            or row.crisis_since is not None
+            or row.unreachable_at is not None
         ):
             outcome[OccasionStatus.SKIPPED].append(row.id)
         elif chat in busy:
             deferred.append(row.id)  # mid-conversation: a nudge now would be read as an answer
         else:
-            zone = client.timezone or "UTC"
+            zone = row.timezone or "UTC"
             if zone not in today_in:
                 local_now = utc_to_local(now, zone)
                 today_in[zone] = local_now.date() if local_now else now.date()
-            day, sent_today = caps.get(row.client_id) or (client.scheduled_day, client.scheduled_count)
+            day, sent_today = caps.get(row.client_id) or (row.scheduled_day, row.scheduled_count)
             if day != today_in[zone]:
                 day, sent_today = today_in[zone], 0
             if sent_today >= settings.daily_cap:
@@ -466,7 +473,7 @@ def send_due_nudges(
                 continue
             caps[row.client_id] = (day, sent_today + 1)
             if row.homework_id not in payloads:
-                payloads[row.homework_id] = _nudge(prompts, homework.title, homework.what, follow_up=False).to_payload()
+                payloads[row.homework_id] = _nudge(prompts, row.title, row.what, follow_up=False).to_payload()
             outbox.append(
                 {
                     "channel": chat[0],
@@ -485,7 +492,7 @@ def send_due_nudges(
     counts.missed += len(outcome[OccasionStatus.MISSED])
     counts.skipped += len(outcome[OccasionStatus.SKIPPED])
     counts.deferred += len(deferred)
-    return len(due)
+    return due[-1].due_at, due[-1].id
 
 
 def _settle(

@@ -33,10 +33,12 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
     with db.unit_of_work() as session:
         escalated = escalate_due_alerts(session, prompts=prompts, settings=settings, now=now)
     counts = SweepCounts()
+    cursor = None
     while True:
         with db.unit_of_work() as session:
-            if not send_due_nudges(session, prompts=prompts, settings=settings, now=now, counts=counts):
-                break
+            cursor = send_due_nudges(session, prompts=prompts, settings=settings, now=now, counts=counts, after=cursor)
+        if cursor is None:
+            break
     while True:
         with db.unit_of_work() as session:
             if not follow_up(session, prompts=prompts, settings=settings, now=now, counts=counts):

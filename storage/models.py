@@ -174,7 +174,9 @@ class Occasion(SQLModel, table=True):
     zone changes), after moving it out of quiet hours.
     """
 
-    __table_args__ = (Index("ix_occasion_status_due", "status", "due_at"),)
+    # (status, due_at, id) is exactly the sweep's claim order, so each batch
+    # continues where the last one stopped instead of re-walking the index.
+    __table_args__ = (Index("ix_occasion_claim", "status", "due_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     homework_id: int = Field(foreign_key="homework.id", index=True)

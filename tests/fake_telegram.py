@@ -94,7 +94,10 @@ _NOT_MODIFIED = (
 
 @dataclass
 class Call:
-    """One request the fake received: the canonical method name, decoded params and arrival time."""
+    """One request the fake received: canonical method name, decoded params, arrival time.
+
+    Thread-safety: a snapshot handed out by ``FakeBotAPI.calls``; the fake never mutates it after recording.
+    """
 
     method: str
     params: dict[str, Any]
@@ -103,7 +106,7 @@ class Call:
 
 @dataclass
 class UploadedFile:
-    """A file part of a multipart/form-data request (e.g. setWebhook's certificate)."""
+    """A file part of a multipart/form-data request (e.g. setWebhook's certificate); immutable in practice."""
 
     filename: str
     content_type: str
@@ -204,6 +207,13 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
     return params
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
@@ -222,7 +232,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, fake: FakeBotAPI) -> None:
         self.fake = fake
-        self.connections: set[socket.socket] = set()
+        self.idle: set[socket.socket] = set()  # keep-alive connections waiting for their next request
         self.connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -234,15 +244,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
+        self._mark_idle()
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
             with self.server.connections_lock:
-                self.server.connections.discard(self.connection)
+                self.server.idle.discard(self.connection)
+
+    def _mark_idle(self) -> None:
+        # stop() sets the stopped event before it shuts the idle connections down, so a connection is
+        # either shut down by stop() or, having answered its request, closes itself here.
+        with self.server.connections_lock:
+            if self.server.fake._stopped.is_set():
+                self.close_connection = True
+            else:
+                self.server.idle.add(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep test output quiet."""
@@ -256,6 +274,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         received = time.monotonic()
         fake = self.server.fake
+        with self.server.connections_lock:
+            self.server.idle.discard(self.connection)
+        try:
+            self._answer(fake, received)
+        finally:
+            self._mark_idle()
+
+    def _answer(self, fake: FakeBotAPI, received: float) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         split = urlsplit(self.path)
@@ -358,7 +384,7 @@ class FakeBotAPI:
         return self
 
     def stop(self) -> None:
-        """Stop serving: wake long-polls and hangs, close open connections, join the server thread."""
+        """Stop serving: wake long-polls and hangs (they answer at once), close idle connections, join the thread."""
         with self._cond:
             server, thread = self._server, self._thread
             self._server, self._thread = None, None
@@ -368,8 +394,8 @@ class FakeBotAPI:
             return
         server.shutdown()
         server.server_close()
-        with server.connections_lock:
-            connections = list(server.connections)
+        with server.connections_lock:  # busy connections answer (stop woke them) and then close themselves
+            connections = list(server.idle)
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
@@ -457,7 +483,7 @@ class FakeBotAPI:
                 chat = (update.get(key) or {}).get("chat")
                 if isinstance(chat, dict) and "id" in chat:
                     self._chats[str(chat["id"])] = dict(chat)
-            self._updates.append(update)
+            self._updates.append(json.loads(json.dumps(update)))  # a private, JSON-clean copy
             self._cond.notify_all()
         self._changed.set()
 
@@ -483,7 +509,7 @@ class FakeBotAPI:
             if status == 429:
                 description = f"Too Many Requests: retry after {retry_after if retry_after is not None else 1}"
             else:
-                description = _DEFAULT_DESCRIPTIONS.get(status) or HTTPStatus(status).phrase
+                description = _DEFAULT_DESCRIPTIONS.get(status) or _phrase(status)
         with self._cond:
             self._rules.faults.append(
                 _Fault(
@@ -767,6 +793,7 @@ class FakeBotAPI:
 
 
 # -- Update builders: real Telegram Update JSON, as telegram.Update.de_json expects it ---------------
+# Pure functions returning fresh dicts: safe to call from any thread.
 
 
 def _now() -> int:

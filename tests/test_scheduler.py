@@ -348,7 +348,7 @@ def test_two_scheduler_processes_on_postgresql_send_every_nudge_exactly_once(tmp
 
 
 def test_the_digest_arrives_two_hours_before_the_session_once(sqlite_companion: Companion, clock: FrozenClock) -> None:
-    dana, sam = setup(sqlite_companion)
+    dana, _ = setup(sqlite_companion)
     dana.send("/session Sam tomorrow 10:00")
     clock.set(datetime(2026, 11, 24, 7, 59, tzinfo=UTC))
     tick(sqlite_companion)
