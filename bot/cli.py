@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlmodel import Session, select
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
 from dialogs.timeparse import resolve_timezone
+from storage import Therapist
 from storage import queries as q
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Homework Companion: CBT homework between sessions.")
@@ -120,6 +122,58 @@ def chat(
         channel.run(sys.stdin, prompt="> " if interactive else "")
     finally:
         stop.set()
+
+
+@app.command()
+def digest(
+    name: Annotated[str | None, typer.Argument(help="the client; omit for the caseload overview")] = None,
+    therapist: Annotated[str | None, typer.Option(help="whose client (default: the only therapist)")] = None,
+    format_: Annotated[str, typer.Option("--format", help="text or md")] = "text",
+    chart: Annotated[Path | None, typer.Option(help="also write the adherence chart (PNG) here")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a client's digest (or the caseload overview) as text or Markdown; optionally write the chart."""
+    from dialogs.digest import build_caseload, build_client_digest
+    from dialogs.digest_text import render_caseload_text, render_markdown, render_text
+
+    if format_ not in ("text", "md"):
+        typer.echo("error: --format must be text or md", err=True)
+        raise typer.Exit(2)
+    companion = _companion(config, quiet=True)
+    prompts_ = companion.engine.prompts
+    with companion.db.unit_of_work() as session:
+        owner = _one_therapist(session, therapist)
+        now = companion.clock.now()
+        if name is None:
+            typer.echo(
+                render_caseload_text(build_caseload(session, prompts=prompts_, therapist=owner, now=now), prompts_)
+            )
+            return
+        client = q.client_by_name(session, therapist_id=owner.id or 0, name=name)
+        if client is None:
+            typer.echo(f"error: {owner.name} has no client called {name!r}", err=True)
+            raise typer.Exit(1)
+        model = build_client_digest(session, prompts=prompts_, client=client, therapist=owner, now=now)
+    typer.echo(render_markdown(model, prompts_) if format_ == "md" else render_text(model, prompts_))
+    if chart is not None:
+        from dialogs.digest_chart import adherence_png
+
+        chart.write_bytes(adherence_png(model, prompts_))
+        typer.echo(f"Chart written to {chart}", err=True)
+
+
+def _one_therapist(session: Session, name: str | None) -> Therapist:
+    if name is not None:
+        found = q.therapist_by_name(session, name=name)
+        if found is None:
+            typer.echo(f"error: no therapist called {name!r}", err=True)
+            raise typer.Exit(1)
+        return found
+    everyone = session.exec(select(Therapist)).all()
+    if len(everyone) != 1:
+        typer.echo("error: say whose client with --therapist NAME", err=True)
+        raise typer.Exit(2)
+    return everyone[0]
 
 
 @therapist_app.command("add")

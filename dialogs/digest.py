@@ -1,33 +1,209 @@
-"""The plain-text digest: a client's homework, their own words and a review agenda since the last session."""
+"""The therapist's digest: one model of a client's homework since the last session, and the caseload overview.
+
+The model is built from the database once and rendered many ways
+(:mod:`dialogs.digest_text` for plain text and Markdown, the Slack adapter
+for Block Kit, :mod:`dialogs.digest_chart` for the adherence chart). It holds
+data, not sentences: renderers take the words from prompts/.
+
+Quality follows a transparent rubric: each criterion is shown met or missed,
+never folded into a bare score. The criteria, per debrief:
+
+- ``answered_all``: what happened, what surprised, what was hard and what was
+  learned were all answered (not skipped);
+- ``concrete``: "what happened" has concrete detail: at least six words and
+  a when, where or how much (a number, or a word from ``rubric_cues``);
+- ``surprise_or_learning``: a surprise or a learning is named (not "nothing");
+- ``record_complete``: the type-specific ratings (before/after) are all there;
+- ``close_to_event``: written within 24 hours of the nudge it answers (a
+  debrief the client started unprompted counts as close).
+
+Quantity: nudges planned in the period against debriefs made, the 0–4
+amounts, and whether each debrief came before the follow-up (on time) or
+after it (late).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from dialogs.homework import SPECIFICITY, missing_elements
+from dialogs.homework import SPECIFICITY
 from dialogs.messages import Outbound
 from dialogs.nudges import SweepCounts, next_weekly
-from dialogs.timeparse import format_local
 from dialogs.turn import DialogSettings
-from prompts import Prompts
-from storage import Client, ClientStatus, DebriefKind, DebriefStatus, FlagLevel, HomeworkStatus, Therapist
+from prompts import Prompts, fold
+from storage import (
+    Client,
+    ClientStatus,
+    Debrief,
+    DebriefKind,
+    DebriefStatus,
+    FlagLevel,
+    Homework,
+    HomeworkStatus,
+    Occasion,
+    Therapist,
+)
 from storage import queries as q
+from storage.models import OccasionStatus
 
 DEFAULT_PERIOD: Final = timedelta(days=7)
-_SAID: Final = (("what_happened", "happened"), ("surprised", "surprised"), ("hard", "hard"), ("learned", "learned"))
-QUOTE_LIMIT: Final = 280
-_NUDGE_STATES: Final = (
-    "sent",
-    "followed_up",
-    "answered",
-    "not_reviewed",
-    "skipped",
-    "missed",
-)  # the full text stays in the database; the digest trims for reading
+TREND_WEEKS: Final = 4
+SILENT_DAYS: Final = 5
+LOW_CONFIDENCE: Final = 7
+CRITERIA: Final = ("answered_all", "concrete", "surprise_or_learning", "record_complete", "close_to_event")
+ATTENTION: Final = ("risk", "unreachable", "opted_out", "not_done_twice", "silent", "low_confidence")
+"""Caseload attention flags, most urgent first: the overview sorts by them."""
+_TEXT_ANSWERS: Final = ("what_happened", "surprised", "hard", "learned")
+_NUMBER: Final = re.compile(r"\d")
+
+
+# --- the model ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Criterion:
+    key: str
+    met: bool
+
+
+@dataclass(frozen=True)
+class DebriefView:
+    id: int
+    when: datetime
+    kind: str
+    quantity: int | None
+    on_time: bool
+    what_happened: str | None = None
+    surprised: str | None = None
+    hard: str | None = None
+    learned: str | None = None
+    obstacle: str | None = None
+    would_help: str | None = None
+    ratings: dict[str, int] = field(default_factory=dict)
+    criteria: tuple[Criterion, ...] = ()
+
+    @property
+    def quality(self) -> float | None:
+        return sum(c.met for c in self.criteria) / len(self.criteria) if self.criteria else None
+
+
+@dataclass(frozen=True)
+class HomeworkView:
+    id: int
+    title: str
+    type_key: str
+    status: str
+    delivered: bool
+    given: tuple[str, ...]
+    missing: tuple[str, ...]
+    own_words: str | None
+    confidence: int | None
+    smaller_wanted: bool
+    planned: int
+    debriefs: tuple[DebriefView, ...]
+    obstacles: tuple[DebriefView, ...]
+    nudges: dict[str, int]
+
+    @property
+    def attempted(self) -> int:
+        return len(self.debriefs)
+
+    @property
+    def on_time(self) -> int:
+        return sum(d.on_time for d in self.debriefs)
+
+    @property
+    def late(self) -> int:
+        return self.attempted - self.on_time
+
+    def criteria_totals(self) -> dict[str, tuple[int, int]]:
+        """Per criterion: (debriefs that met it, debriefs judged)."""
+        totals = {key: [0, 0] for key in CRITERIA}
+        for debrief in self.debriefs:
+            for criterion in debrief.criteria:
+                totals[criterion.key][0] += criterion.met
+                totals[criterion.key][1] += 1
+        return {key: (met, seen) for key, (met, seen) in totals.items()}
+
+
+@dataclass(frozen=True)
+class WeekPoint:
+    start: datetime
+    debriefs: int
+    quantity: float | None  # mean 0–4 amount
+    quality: float | None  # mean share of rubric criteria met, 0–1
+
+
+@dataclass(frozen=True)
+class FlagView:
+    id: int
+    level: str
+    reasons: tuple[str, ...]
+    when: datetime
+    text: str
+    acknowledged_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AgendaItem:
+    """One line of the suggested session opening; ``key`` names its prompt, ``fields`` fill it."""
+
+    key: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientDigest:
+    client_id: int
+    client: str
+    status: str
+    timezone: str  # the therapist's: every time is shown in it
+    start: datetime
+    end: datetime
+    next_session: datetime | None
+    unreachable_since: datetime | None
+    homeworks: tuple[HomeworkView, ...]
+    flags: tuple[FlagView, ...]
+    logs: tuple[tuple[datetime, str], ...]
+    trend: tuple[WeekPoint, ...]
+    agenda: tuple[AgendaItem, ...]
+
+    @property
+    def opted_out(self) -> bool:
+        return self.status == ClientStatus.STOPPED
+
+    @property
+    def empty(self) -> bool:
+        return not any(h.debriefs or h.obstacles for h in self.homeworks) and not self.logs and not self.flags
+
+
+@dataclass(frozen=True)
+class CaseloadRow:
+    client: str
+    status: str
+    homework: str | None
+    quantity: float | None
+    quality: float | None
+    last_contact: datetime | None
+    attention: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Caseload:
+    therapist: str
+    timezone: str
+    now: datetime
+    rows: tuple[CaseloadRow, ...]
+
+
+# --- building ---------------------------------------------------------------------------
 
 
 def period_start(client: Client, now: datetime) -> datetime:
@@ -36,118 +212,306 @@ def period_start(client: Client, now: datetime) -> datetime:
     return max(candidates) if candidates else now - DEFAULT_PERIOD
 
 
-def _quote(text: str | None) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 1].rstrip() + "…"
+def _meaningful(prompts: Prompts, text: str | None) -> bool:
+    return bool(text) and not prompts.matches("skip", text or "") and not prompts.matches("no", text or "")
+
+
+def _concrete(prompts: Prompts, text: str | None) -> bool:
+    if not text:
+        return False
+    words = fold(text).split()
+    cues = prompts.rubric_cues
+    return len(words) >= 6 and (bool(_NUMBER.search(text)) or any(w.strip(".,!?") in cues for w in words))
+
+
+def _criteria(
+    prompts: Prompts, debrief: Debrief, extras: Sequence[str], occasion: Occasion | None
+) -> tuple[Criterion, ...]:
+    close = occasion is None or debrief.started_at - occasion.due_at <= timedelta(hours=24)
+    return (
+        Criterion("answered_all", all(getattr(debrief, a) for a in _TEXT_ANSWERS)),
+        Criterion("concrete", _concrete(prompts, debrief.what_happened)),
+        Criterion(
+            "surprise_or_learning",
+            _meaningful(prompts, debrief.surprised) or _meaningful(prompts, debrief.learned),
+        ),
+        Criterion("record_complete", all(key in debrief.ratings for key in extras)),
+        Criterion("close_to_event", close),
+    )
+
+
+def _debrief_view(prompts: Prompts, debrief: Debrief, extras: Sequence[str], occasion: Occasion | None) -> DebriefView:
+    on_time = occasion is None or occasion.followed_up_at is None or debrief.started_at <= occasion.followed_up_at
+    is_debrief = debrief.kind == DebriefKind.DEBRIEF
+    return DebriefView(
+        id=debrief.id or 0,
+        when=debrief.started_at,
+        kind=debrief.kind,
+        quantity=debrief.quantity,
+        on_time=on_time,
+        what_happened=debrief.what_happened,
+        surprised=debrief.surprised,
+        hard=debrief.hard,
+        learned=debrief.learned,
+        obstacle=debrief.obstacle,
+        would_help=debrief.would_help,
+        ratings=dict(debrief.ratings),
+        criteria=_criteria(prompts, debrief, extras, occasion) if is_debrief else (),
+    )
+
+
+def _week_points(views: Sequence[DebriefView], now: datetime) -> tuple[WeekPoint, ...]:
+    points = []
+    for weeks_back in range(TREND_WEEKS - 1, -1, -1):
+        start = now - DEFAULT_PERIOD * (weeks_back + 1)
+        end = start + DEFAULT_PERIOD
+        week = [v for v in views if start <= v.when < end]
+        amounts = [v.quantity for v in week if v.quantity is not None]
+        qualities = [v.quality for v in week if v.quality is not None]
+        points.append(
+            WeekPoint(
+                start=start,
+                debriefs=len(week),
+                quantity=sum(amounts) / len(amounts) if amounts else None,
+                quality=sum(qualities) / len(qualities) if qualities else None,
+            )
+        )
+    return tuple(points)
+
+
+def build_client_digest(
+    session: Session, *, prompts: Prompts, client: Client, therapist: Therapist, now: datetime
+) -> ClientDigest:
+    """The digest of one client for ``therapist``; refuses another therapist's client."""
+    if client.therapist_id != therapist.id:
+        raise PermissionError("a digest never contains another therapist's client")
+    start = period_start(client, now)
+    trend_start = min(start, now - DEFAULT_PERIOD * TREND_WEEKS)
+    base = dict(
+        client_id=client.id or 0,
+        client=client.name,
+        status=client.status,
+        timezone=therapist.timezone,
+        start=start,
+        end=now,
+        next_session=client.next_session_at if client.next_session_at and client.next_session_at > now else None,
+        unreachable_since=client.unreachable_at,
+    )
+    if client.status == ClientStatus.STOPPED:  # opted out: the status, and no new data
+        return ClientDigest(**base, homeworks=(), flags=(), logs=(), trend=(), agenda=())  # type: ignore[arg-type]
+
+    debriefs = [
+        d
+        for d in q.debriefs_since(session, client_id=client.id or 0, since=trend_start)
+        if d.status == DebriefStatus.COMPLETE
+    ]
+    occasion_ids = {d.occasion_id for d in debriefs if d.occasion_id}
+    occasions = (
+        {o.id: o for o in session.exec(select(Occasion).where(col(Occasion.id).in_(occasion_ids)))}
+        if occasion_ids
+        else {}
+    )
+    all_homework = {h.id or 0: h for h in q.homeworks_of(session, client_id=client.id or 0)}
+
+    def extras(homework_id: int) -> tuple[str, ...]:
+        homework = all_homework.get(homework_id)
+        kind = prompts.homework_types.get(homework.type if homework else "custom")
+        return tuple(e.key for e in kind.extras) if kind else ()
+
+    views = [
+        (d.homework_id, _debrief_view(prompts, d, extras(d.homework_id), occasions.get(d.occasion_id or -1)))
+        for d in debriefs
+    ]
+    in_period = [(hid, v) for hid, v in views if v.when >= start]
+    shown = [
+        h
+        for h in all_homework.values()
+        if h.status == HomeworkStatus.OPEN or h.created_at >= start or any(hid == h.id for hid, _ in in_period)
+    ]
+    homeworks = tuple(_homework_view(session, prompts, h, in_period, start, now) for h in shown)
+    flags = tuple(
+        FlagView(f.id or 0, f.level, tuple(f.reasons), f.created_at, f.text, f.acknowledged_at)
+        for f in q.flags_since(session, client_id=client.id or 0, since=start)
+    )
+    logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
+    trend = _week_points([v for _, v in views if v.kind == DebriefKind.DEBRIEF], now)
+    digest = ClientDigest(**base, homeworks=homeworks, flags=flags, logs=logs, trend=trend, agenda=())  # type: ignore[arg-type]
+    return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
+
+
+def _homework_view(
+    session: Session,
+    prompts: Prompts,
+    homework: Homework,
+    views: Sequence[tuple[int, DebriefView]],
+    start: datetime,
+    now: datetime,
+) -> HomeworkView:
+    mine = [v for hid, v in views if hid == homework.id]
+    nudges = q.occasion_counts(session, homework_id=homework.id or 0, since=start)
+    planned = sum(n for status, n in nudges.items() if status not in (OccasionStatus.CANCELLED, OccasionStatus.PLANNED))
+    # Due but not yet swept (the sweep runs every 30 s) still counts as planned.
+    planned += len(
+        session.exec(
+            select(Occasion.id).where(
+                Occasion.homework_id == homework.id,
+                Occasion.status == OccasionStatus.PLANNED,
+                col(Occasion.due_at) <= now,
+            )
+        ).all()
+    )
+    return HomeworkView(
+        id=homework.id or 0,
+        title=homework.title,
+        type_key=homework.type,
+        status=homework.status,
+        delivered=homework.delivered_at is not None,
+        given=tuple(f for f in SPECIFICITY if getattr(homework, f)),
+        missing=tuple(f for f in SPECIFICITY if not getattr(homework, f)),
+        own_words=homework.rationale_own_words,
+        confidence=homework.confidence,
+        smaller_wanted=homework.smaller_version_wanted,
+        planned=planned,
+        debriefs=tuple(v for v in mine if v.kind == DebriefKind.DEBRIEF),
+        obstacles=tuple(v for v in mine if v.kind == DebriefKind.OBSTACLE),
+        nudges=nudges,
+    )
+
+
+def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
+    """The suggested session opening, in review order; built by rules from the client's data.
+
+    Risk first; then what went well, what surprised, what was hard or not
+    done (with the obstacles), what was learned, and what to adjust in the
+    next homework; always ending with setting the next homework together.
+    """
+    items: list[AgendaItem] = []
+    open_risk = [f for f in digest.flags if f.level in (FlagLevel.CRISIS, FlagLevel.CONCERN)]
+    if open_risk:
+        levels = " and ".join(sorted({f.level for f in open_risk}))
+        items.append(AgendaItem("risk", {"levels": levels, "count": len(open_risk)}))
+    debriefs = [(h, d) for h in digest.homeworks for d in h.debriefs]
+    went_well = [(h, d) for h, d in debriefs if (d.quantity or 0) >= 3]
+    if went_well:
+        titles = ", ".join(dict.fromkeys(f"“{h.title}”" for h, _ in went_well))
+        items.append(AgendaItem("went_well", {"titles": titles, "count": len(went_well)}))
+    for key, attr in (("surprised", "surprised"), ("hard", "hard")):
+        said = [(h, getattr(d, attr)) for h, d in debriefs if getattr(d, attr)]
+        if said:
+            items.append(AgendaItem(key, {"title": said[-1][0].title, "text": said[-1][1]}))
+    for h in digest.homeworks:
+        for o in h.obstacles:
+            items.append(
+                AgendaItem("obstacle", {"title": h.title, "text": o.obstacle or "—", "help": o.would_help or "—"})
+            )
+    learned = [(h, d.learned) for h, d in debriefs if d.learned]
+    if learned:
+        items.append(AgendaItem("learned", {"title": learned[-1][0].title, "text": learned[-1][1]}))
+    for h in digest.homeworks:
+        if not h.delivered:
+            continue
+        if h.confidence is not None and h.confidence < LOW_CONFIDENCE:
+            items.append(AgendaItem("low_confidence", {"title": h.title, "confidence": h.confidence}))
+        elif h.smaller_wanted:
+            items.append(AgendaItem("smaller", {"title": h.title}))
+        if not h.own_words:
+            items.append(AgendaItem("rationale", {"title": h.title}))
+        unanswered = h.nudges.get(OccasionStatus.NOT_REVIEWED, 0)
+        if unanswered:
+            items.append(AgendaItem("unanswered", {"title": h.title, "count": unanswered}))
+        if not h.debriefs and not h.obstacles:
+            items.append(AgendaItem("nothing_recorded", {"title": h.title}))
+        if h.missing and h.status == HomeworkStatus.OPEN:
+            items.append(AgendaItem("specificity", {"title": h.title, "missing": h.missing}))
+    if digest.unreachable_since is not None:
+        items.append(AgendaItem("unreachable", {}))
+    items.append(AgendaItem("next", {}))
+    return tuple(items)
+
+
+def build_caseload(session: Session, *, prompts: Prompts, therapist: Therapist, now: datetime) -> Caseload:
+    """Every client of this therapist, who needs attention first (see :data:`ATTENTION`)."""
+    rows = []
+    for client in q.clients_of(session, therapist_id=therapist.id or 0):
+        digest = build_client_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+        attention = _attention(session, client, digest, now)
+        current = next((h for h in digest.homeworks if h.status == HomeworkStatus.OPEN and h.delivered), None)
+        this_week = digest.trend[-1] if digest.trend else None
+        rows.append(
+            CaseloadRow(
+                client=client.name,
+                status=client.status,
+                homework=current.title if current else None,
+                quantity=this_week.quantity if this_week else None,
+                quality=this_week.quality if this_week else None,
+                last_contact=client.last_contact_at,
+                attention=attention,
+            )
+        )
+    rows.sort(
+        key=lambda r: (
+            min((ATTENTION.index(a) for a in r.attention), default=len(ATTENTION)),
+            -len(r.attention),
+            r.client.casefold(),
+        )
+    )
+    return Caseload(therapist=therapist.name, timezone=therapist.timezone, now=now, rows=tuple(rows))
+
+
+def _attention(session: Session, client: Client, digest: ClientDigest, now: datetime) -> tuple[str, ...]:
+    flags: list[str] = []
+    recent_risk = q.flags_since(session, client_id=client.id or 0, since=now - DEFAULT_PERIOD)
+    if any(f.level in (FlagLevel.CRISIS, FlagLevel.CONCERN) for f in recent_risk) or any(
+        f.level == FlagLevel.CRISIS and f.acknowledged_at is None for f in digest.flags
+    ):
+        flags.append("risk")
+    if client.unreachable_at is not None:
+        flags.append("unreachable")
+    if client.status == ClientStatus.STOPPED:
+        flags.append("opted_out")
+        return tuple(flags)
+    last_two = session.exec(
+        select(Debrief)
+        .where(Debrief.client_id == client.id, Debrief.status == DebriefStatus.COMPLETE)
+        .order_by(col(Debrief.started_at).desc())
+        .limit(2)
+    ).all()
+    missed = session.exec(
+        select(Occasion.status)
+        .where(
+            Occasion.client_id == client.id,
+            or_(
+                col(Occasion.status) == OccasionStatus.NOT_REVIEWED,
+                col(Occasion.status) == OccasionStatus.ANSWERED,
+                col(Occasion.status) == OccasionStatus.MISSED,
+            ),
+        )
+        .order_by(col(Occasion.due_at).desc())
+        .limit(2)
+    ).all()
+    if (len(last_two) == 2 and all(d.kind == DebriefKind.OBSTACLE for d in last_two)) or (
+        len(missed) == 2 and all(s != OccasionStatus.ANSWERED for s in missed)
+    ):
+        flags.append("not_done_twice")
+    if client.status == ClientStatus.ACTIVE and (
+        client.last_contact_at is None or now - client.last_contact_at >= timedelta(days=SILENT_DAYS)
+    ):
+        flags.append("silent")
+    if any(h.confidence is not None and h.confidence < LOW_CONFIDENCE for h in digest.homeworks if h.status == "open"):
+        flags.append("low_confidence")
+    return tuple(flags)
+
+
+# --- delivery -------------------------------------------------------------------------------
 
 
 def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapist: Therapist, now: datetime) -> str:
-    t, tz = prompts.text, therapist.timezone
-    start = period_start(client, now)
-    lines = [t("digest.header", client=client.name, start=format_local(start, tz), end=format_local(now, tz))]
-    if client.next_session_at and client.next_session_at > now:
-        lines.append(t("digest.next_session", when=format_local(client.next_session_at, tz)))
-    if client.unreachable_at:
-        lines.append(t("digest.unreachable", when=format_local(client.unreachable_at, tz)))
+    """Build and render one client's digest as plain text (console, Telegram, scheduled delivery)."""
+    from dialogs.digest_text import render_text
 
-    agenda: list[str] = []
-    flags = q.flags_since(session, client_id=client.id or 0, since=start)
-    if flags:
-        # Risk comes first: it is what the therapist must see before anything else.
-        lines.append(t("digest.risk_header"))
-        for flag in flags:
-            ack = ""
-            if flag.level == FlagLevel.CRISIS:
-                ack = (
-                    t("digest.risk_acked", when=format_local(flag.acknowledged_at, tz))
-                    if flag.acknowledged_at
-                    else t("digest.risk_open")
-                )
-            lines.append(
-                t(
-                    "digest.risk_line",
-                    when=format_local(flag.created_at, tz),
-                    level=flag.level,
-                    id=flag.id,
-                    reasons=", ".join(flag.reasons),
-                    text=_quote(flag.text),
-                    ack=ack,
-                ).rstrip()
-            )
-        levels = sorted({f.level for f in flags if f.level != FlagLevel.SCOPE})
-        if levels:
-            agenda.append(t("digest.agenda_risk", level=" and ".join(levels)))
-    debriefs = q.debriefs_since(session, client_id=client.id or 0, since=start)
-    by_homework: dict[int, list] = {}
-    for debrief in debriefs:
-        if debrief.status == DebriefStatus.COMPLETE:
-            by_homework.setdefault(debrief.homework_id, []).append(debrief)
-    homeworks = [
-        h
-        for h in q.homeworks_of(session, client_id=client.id or 0)
-        if h.status == HomeworkStatus.OPEN or h.id in by_homework or h.created_at >= start
-    ]
-    if not homeworks:
-        lines.append(t("digest.no_homework"))
-    for hw in homeworks:
-        lines.append("")
-        lines.append(t("digest.homework", id=hw.id, title=hw.title, type=prompts.type_label(hw.type), status=hw.status))
-        fields = {f: getattr(hw, f) for f in SPECIFICITY}
-        given = [t(f"therapist.missing.{f}") for f in SPECIFICITY if fields.get(f)]
-        missing = [t(f"therapist.missing.{f}") for f in missing_elements(fields)]
-        lines.append(t("digest.specificity", given=", ".join(given) or "—", missing=", ".join(missing) or "—"))
-        if hw.delivered_at is None:
-            lines.append(t("digest.not_delivered"))
-            continue
-        if hw.rationale_own_words:
-            lines.append(t("digest.own_words", words=_quote(hw.rationale_own_words)))
-        else:
-            lines.append(t("digest.own_words_missing"))
-            agenda.append(t("digest.agenda_rationale", title=hw.title))
-        if hw.confidence is not None:
-            smaller = t("digest.smaller") if hw.smaller_version_wanted else ""
-            lines.append(t("digest.confidence", confidence=hw.confidence, smaller=smaller))
-        if hw.smaller_version_wanted:
-            agenda.append(t("digest.agenda_smaller", client=client.name, title=hw.title))
-        done = [d for d in by_homework.get(hw.id or 0, []) if d.kind == DebriefKind.DEBRIEF]
-        blocked = [d for d in by_homework.get(hw.id or 0, []) if d.kind == DebriefKind.OBSTACLE]
-        ratings = ", ".join(str(d.quantity) for d in done) or "—"
-        lines.append(t("digest.quantity", count=len(done), ratings=ratings))
-        nudged = q.occasion_counts(session, homework_id=hw.id or 0, since=start)
-        if any(nudged.get(s, 0) for s in _NUDGE_STATES):
-            lines.append(t("digest.nudges", **{s: nudged.get(s, 0) for s in _NUDGE_STATES}))
-        for d in done:
-            lines.append(t("digest.debrief_line", when=format_local(d.started_at, tz), quantity=d.quantity))
-            for field, key in _SAID:
-                if getattr(d, field):
-                    lines.append(t(f"digest.said_{key}", text=_quote(getattr(d, field))))
-            if d.ratings:
-                lines.append(t("digest.ratings", ratings=", ".join(f"{k} {v}" for k, v in d.ratings.items())))
-        for d in blocked:
-            lines.append(
-                t(
-                    "digest.obstacle_line",
-                    when=format_local(d.started_at, tz),
-                    obstacle=_quote(d.obstacle) or "—",
-                    would_help=_quote(d.would_help) or "—",
-                )
-            )
-        if done:
-            agenda.append(t("digest.agenda_review", title=hw.title))
-        if blocked:
-            agenda.append(t("digest.agenda_obstacles"))
-
-    logs = q.logs_since(session, client_id=client.id or 0, since=start)
-    if logs:
-        lines.append("")
-        lines.append(t("digest.logs_header", client=client.name))
-        lines.extend(t("digest.log_line", when=format_local(e.created_at, tz), text=_quote(e.text)) for e in logs)
-
-    lines.append("")
-    lines.append(t("digest.agenda_header"))
-    items = [*dict.fromkeys(agenda), t("digest.agenda_next")]  # keep order, drop repeats
-    lines.extend(f"  {n}. {item}" for n, item in enumerate(items, start=1))
-    return "\n".join(lines)
+    return render_text(
+        build_client_digest(session, prompts=prompts, client=client, therapist=therapist, now=now), prompts
+    )
 
 
 def send_due_digests(
@@ -181,12 +545,28 @@ def send_due_digests(
     ).all()
     for therapist in therapists:
         chat = q.latest_identity(session, therapist_id=therapist.id)
-        for client in q.clients_of(session, therapist_id=therapist.id or 0):
-            if chat is not None and client.status != ClientStatus.INVITED:
-                text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
-                q.enqueue(
-                    session, channel=chat.channel, address=chat.address, payload=Outbound(text).to_payload(), now=now
-                )
-                counts.digests += 1
+        if chat is not None:
+            from dialogs.digest_text import render_caseload_text
+
+            caseload = build_caseload(session, prompts=prompts, therapist=therapist, now=now)
+            q.enqueue(
+                session,
+                channel=chat.channel,
+                address=chat.address,
+                payload=Outbound(render_caseload_text(caseload, prompts)).to_payload(),
+                now=now,
+            )
+            counts.digests += 1
+            for client in q.clients_of(session, therapist_id=therapist.id or 0):
+                if client.status != ClientStatus.INVITED:
+                    text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+                    q.enqueue(
+                        session,
+                        channel=chat.channel,
+                        address=chat.address,
+                        payload=Outbound(text).to_payload(),
+                        now=now,
+                    )
+                    counts.digests += 1
         therapist.weekly_digest_due = next_weekly(therapist.weekly_digest or "", therapist.timezone, now)
         session.add(therapist)

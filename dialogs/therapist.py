@@ -9,7 +9,8 @@ from typing import Final
 
 from sqlalchemy.exc import IntegrityError
 
-from dialogs.digest import plain_digest
+from dialogs.digest import build_caseload, plain_digest
+from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
     build_homework,
     deliver_pending,
@@ -22,7 +23,7 @@ from dialogs.nudges import cancel_planned, next_weekly
 from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
 from dialogs.turn import Turn, split_command
-from storage import Client, ClientStatus, FlagLevel, Homework, HomeworkStatus, SafetyFlag
+from storage import Client, ClientStatus, Debrief, FlagLevel, Homework, HomeworkStatus, SafetyFlag
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS
 
@@ -233,21 +234,59 @@ def cmd_session(turn: Turn, rest: str) -> None:
 
 
 def cmd_digest(turn: Turn, rest: str) -> None:
+    """``/digest NAME``: one client's digest; ``/digest``: the caseload overview, who needs attention first."""
     assert turn.therapist is not None
-    if rest.strip():
-        found = _require_client(turn, rest, "therapist.digest_usage")
-        if found is None:
-            return
-        clients = [found[0]]
-    else:
-        clients = list(q.clients_of(turn.session, therapist_id=_therapist_id(turn)))
-    if not clients:
-        turn.say("digest.no_clients")
+    if not rest.strip():
+        caseload = build_caseload(turn.session, prompts=turn.prompts, therapist=turn.therapist, now=turn.now)
+        turn.say_text(render_caseload_text(caseload, turn.prompts))
         return
-    for client in clients:
-        turn.say_text(
-            plain_digest(turn.session, prompts=turn.prompts, client=client, therapist=turn.therapist, now=turn.now)
+    found = _require_client(turn, rest, "therapist.digest_usage")
+    if found is None:
+        return
+    turn.say_text(
+        plain_digest(turn.session, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now)
+    )
+
+
+def cmd_debrief(turn: Turn, rest: str) -> None:
+    """``/debrief NAME ID``: the full text of one debrief, which the digest trims for reading."""
+    found = _require_client(turn, rest, "digest.debrief_usage")
+    if found is None:
+        return
+    client, remainder = found
+    match = re.fullmatch(r"#?(\d{1,9})", remainder.strip())
+    debrief = turn.session.get(Debrief, int(match.group(1))) if match else None
+    if debrief is None or debrief.client_id != client.id:
+        turn.say("digest.no_such_debrief", client=client.name, id=remainder.strip()[:12] or "?")
+        return
+    parts = [
+        turn.t(f"digest.said_{key}", text=value)
+        for key, value in (
+            ("happened", debrief.what_happened),
+            ("surprised", debrief.surprised),
+            ("hard", debrief.hard),
+            ("learned", debrief.learned),
         )
+        if value
+    ]
+    if debrief.obstacle or debrief.would_help:
+        parts.append(
+            turn.t(
+                "digest.obstacle_line",
+                when="",
+                obstacle=debrief.obstacle or "—",
+                would_help=debrief.would_help or "—",
+                id=debrief.id,
+            ).lstrip(": ")
+        )
+    turn.say(
+        "digest.full_debrief",
+        client=client.name,
+        id=debrief.id,
+        debrief_kind=debrief.kind,
+        when=_when(turn, debrief.started_at),
+        body="\n".join(parts) or "—",
+    )
 
 
 def cmd_ack(turn: Turn, rest: str) -> None:
@@ -492,4 +531,5 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "ack": cmd_ack,
     "resume": cmd_resume,
     "weekly": cmd_weekly,
+    "debrief": cmd_debrief,
 }

@@ -23,6 +23,7 @@ class Extra:
     low: int
     high: int
     question: str
+    label: str = ""  # short, for the digest ("belief before")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Prompts:
         self._flat: dict[str, Any] = {}
         self._flatten("", data)
         self._vocab = {k: frozenset(fold(w) for w in v) for k, v in data.get("vocab", {}).items()}
+        # Words that make "what happened" concrete (when, where, how much): the digest's rubric.
+        self.rubric_cues: frozenset[str] = frozenset(fold(w) for w in data.get("rubric_cues", ()))
         # Compiled once: the scope check runs on every client message.
         self.scope_patterns: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             (reason, re.compile(pattern, re.IGNORECASE))

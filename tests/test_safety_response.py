@@ -218,8 +218,8 @@ def test_a_crisis_buried_in_a_too_long_message_is_still_answered(sam: Chat) -> N
 def test_the_digest_shows_alerts_with_their_acknowledgement(sqlite_companion: Companion, dana: Chat, sam: Chat) -> None:
     sam.send(CRISIS)
     digest = dana.send("/digest Sam")
-    assert "crisis (#1)" in digest and "[NOT acknowledged]" in digest
-    assert "Check in on the crisis flag(s) first." in digest
+    assert "CRISIS (#1)" in digest and "[NOT acknowledged]" in digest
+    assert "Check in on the crisis flag(s) first (1)." in digest
     dana.send("/ack 1")
     assert "[acknowledged" in dana.send("/digest Sam")
 

@@ -178,7 +178,7 @@ def test_a_client_week_over_telegram(
 
     run(companion, fake, webhook, week)
     digest = dana.send("/digest Sam")
-    assert "“Meeting at work, boss frowned”" in digest and "emotion_before 80" in digest
+    assert "“Meeting at work, boss frowned”" in digest and "emotion before 80" in digest
     with companion.db.unit_of_work() as session:
         assert session.exec(select(Debrief)).one().status == DebriefStatus.COMPLETE
         assert all(m.sent_at for m in session.exec(select(OutboxMessage).where(OutboxMessage.channel == "telegram")))
