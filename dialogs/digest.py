@@ -431,9 +431,18 @@ def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
 
 def build_caseload(session: Session, *, prompts: Prompts, therapist: Therapist, now: datetime) -> Caseload:
     """Every client of this therapist, who needs attention first (see :data:`ATTENTION`)."""
+    return build_weekly(session, prompts=prompts, therapist=therapist, now=now)[0]
+
+
+def build_weekly(
+    session: Session, *, prompts: Prompts, therapist: Therapist, now: datetime
+) -> tuple[Caseload, tuple[ClientDigest, ...]]:
+    """The caseload overview and every client's digest, each client's digest built once for both."""
     rows = []
+    digests = []
     for client in q.clients_of(session, therapist_id=therapist.id or 0):
         digest = build_client_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+        digests.append(digest)
         attention = _attention(session, client, digest, now)
         current = next((h for h in digest.homeworks if h.status == HomeworkStatus.OPEN and h.delivered), None)
         this_week = digest.trend[-1] if digest.trend else None
@@ -455,7 +464,8 @@ def build_caseload(session: Session, *, prompts: Prompts, therapist: Therapist, 
             r.client.casefold(),
         )
     )
-    return Caseload(therapist=therapist.name, timezone=therapist.timezone, now=now, rows=tuple(rows))
+    caseload = Caseload(therapist=therapist.name, timezone=therapist.timezone, now=now, rows=tuple(rows))
+    return caseload, tuple(digests)
 
 
 def _attention(session: Session, client: Client, digest: ClientDigest, now: datetime) -> tuple[str, ...]:
@@ -546,27 +556,14 @@ def send_due_digests(
     for therapist in therapists:
         chat = q.latest_identity(session, therapist_id=therapist.id)
         if chat is not None:
-            from dialogs.digest_text import render_caseload_text
+            from dialogs.digest_text import render_caseload_text, render_text
 
-            caseload = build_caseload(session, prompts=prompts, therapist=therapist, now=now)
-            q.enqueue(
-                session,
-                channel=chat.channel,
-                address=chat.address,
-                payload=Outbound(render_caseload_text(caseload, prompts)).to_payload(),
-                now=now,
-            )
-            counts.digests += 1
-            for client in q.clients_of(session, therapist_id=therapist.id or 0):
-                if client.status != ClientStatus.INVITED:
-                    text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
-                    q.enqueue(
-                        session,
-                        channel=chat.channel,
-                        address=chat.address,
-                        payload=Outbound(text).to_payload(),
-                        now=now,
-                    )
-                    counts.digests += 1
+            caseload, digests = build_weekly(session, prompts=prompts, therapist=therapist, now=now)
+            texts = [render_caseload_text(caseload, prompts)]
+            texts += [render_text(d, prompts) for d in digests if d.status != ClientStatus.INVITED]
+            for text in texts:
+                payload = Outbound(text).to_payload()
+                q.enqueue(session, channel=chat.channel, address=chat.address, payload=payload, now=now)
+                counts.digests += 1
         therapist.weekly_digest_due = next_weekly(therapist.weekly_digest or "", therapist.timezone, now)
         session.add(therapist)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Final
 
-from sqlalchemy import insert, literal, tuple_, update
+from sqlalchemy import func, insert, literal, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -141,13 +141,23 @@ def next_allowed(client: Client, settings: DialogSettings, instant: datetime) ->
 # --- planning -------------------------------------------------------------------------
 
 
-def plan(session: Session, *, homework: Homework, client: Client, settings: DialogSettings, now: datetime) -> int:
+def plan(
+    session: Session,
+    *,
+    homework: Homework,
+    client: Client,
+    settings: DialogSettings,
+    now: datetime,
+    after: date | None = None,
+) -> int:
     """(Re)plan a homework's future nudges from today to its due date (or the horizon).
 
-    Planned occasions not yet sent are replaced; sent ones are history.
+    Planned occasions not yet sent are replaced; sent ones are history. With
+    ``after`` the existing plan is kept and extended from the day after it.
     Returns how many were planned.
     """
-    cancel_planned(session, homework_id=homework.id or 0, now=now)
+    if after is None:
+        cancel_planned(session, homework_id=homework.id or 0, now=now)
     if homework.status != HomeworkStatus.OPEN or not client.timezone:
         return 0
     local_now = utc_to_local(now, client.timezone)
@@ -157,7 +167,7 @@ def plan(session: Session, *, homework: Homework, client: Client, settings: Dial
     times = [_hm(t) for t in (homework.nudges or client.nudge_time or settings.default_nudge_time).split(",")]
     days = set(homework.nudge_days.split(",")) if homework.nudge_days else set(WEEKDAYS)
     planned = 0
-    day = local_now.date()
+    day = max(local_now.date(), after + timedelta(days=1)) if after else local_now.date()
     while day <= last and planned < settings.max_planned:
         if WEEKDAYS[day.weekday()] in days:
             for at in times:
@@ -175,6 +185,41 @@ def plan(session: Session, *, homework: Homework, client: Client, settings: Dial
                     planned += 1
         day += timedelta(days=1)
     return planned
+
+
+def extend_plans(session: Session, *, settings: DialogSettings, now: datetime, limit: int = 500) -> int:
+    """Keep open homework without a due date nudging: plan ahead again when fewer than half the horizon is left.
+
+    Only active clients' delivered, open homework is extended; a due date
+    already bounded its plan at delivery. Bounded by ``limit`` per sweep.
+    Returns how many homework plans were extended.
+    """
+    soon = now + timedelta(days=settings.horizon_days / 2)
+    ahead = (
+        sa_select(col(Occasion.id))
+        .where(col(Occasion.homework_id) == col(Homework.id), col(Occasion.due_at) > soon)
+        .exists()
+    )
+    rows = session.exec(
+        select(Homework, Client)
+        .join(Client, col(Client.id) == col(Homework.client_id))
+        .where(
+            col(Homework.status) == HomeworkStatus.OPEN,
+            col(Homework.delivered_at).is_not(None),
+            col(Homework.due).is_(None),
+            col(Client.status) == ClientStatus.ACTIVE,
+            ~ahead,
+        )
+        .limit(limit)
+        # Two schedulers must not extend the same plan twice (that would double its nudges).
+        .with_for_update(skip_locked=True, of=Homework)
+    ).all()
+    for homework, client in rows:
+        last = session.execute(
+            sa_select(func.max(col(Occasion.local_date))).where(col(Occasion.homework_id) == homework.id)
+        ).scalar()
+        plan(session, homework=homework, client=client, settings=settings, now=now, after=last)
+    return len(rows)
 
 
 def cancel_planned(session: Session, *, homework_id: int, now: datetime) -> None:

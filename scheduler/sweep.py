@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from dialogs.digest import send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import escalate_due_alerts
-from dialogs.nudges import SweepCounts, follow_up, send_due_nudges
+from dialogs.nudges import SweepCounts, extend_plans, follow_up, send_due_nudges
 from storage import Database
 
 log = logging.getLogger("companion.scheduler")
@@ -33,6 +33,8 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
     with db.unit_of_work() as session:
         escalated = escalate_due_alerts(session, prompts=prompts, settings=settings, now=now)
     counts = SweepCounts()
+    with db.unit_of_work() as session:
+        extend_plans(session, settings=settings, now=now)
     cursor = None
     while True:
         with db.unit_of_work() as session:

@@ -337,8 +337,8 @@ def test_two_scheduler_processes_on_postgresql_send_every_nudge_exactly_once(tmp
             ).all()
             assert sent == 600
             assert {count for _, count in per_address} == {2}
-            statuses = {o.status for o in session.exec(select(Occasion))}
-            assert statuses == {OccasionStatus.SENT}
+            due = session.exec(select(Occasion).where(Occasion.due_at <= now)).all()
+            assert len(due) == 600 and {o.status for o in due} == {OccasionStatus.SENT}
         companion.db.dispose()
     finally:
         next(urls, None)
@@ -388,3 +388,13 @@ def test_weekday_plans(sqlite_companion: Companion) -> None:
     assert days == ["Mon 18:00", "Wed 18:00", "Mon 18:00"]
     with sqlite_companion.db.unit_of_work() as session:
         assert session.exec(select(Client)).one().nudge_time == "18:00"
+
+
+def test_open_homework_without_a_due_date_keeps_being_nudged(sqlite_companion: Companion, clock: FrozenClock) -> None:
+    _, sam = setup(sqlite_companion)  # no due date: planned 7 days ahead at delivery
+    for day in range(23, 23 + 21):  # three weeks of daily sweeps at 18:00
+        clock.set(datetime(2026, 11, 1, 18, 0, tzinfo=UTC) + timedelta(days=day - 1))
+        tick(sqlite_companion)
+    assert sam.open().count("A reminder") >= 3 * 3  # the cap allows 3 a day; at least one a day went out
+    sent_days = {o.local_date for o in occasions(sqlite_companion) if o.sent_at is not None}
+    assert len(sent_days) == 21
