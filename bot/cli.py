@@ -204,6 +204,7 @@ def therapist_add(
 def therapist_link(
     name: str,
     telegram: Annotated[bool, typer.Option("--telegram", help="link a Telegram account")] = False,
+    slack: Annotated[bool, typer.Option("--slack", help="link a Slack account")] = False,
     config: ConfigOption = None,
 ) -> None:
     """A one-time code that links a chat account (Telegram, later Slack) to this therapist.
@@ -225,8 +226,11 @@ def therapist_link(
         now = companion.clock.now()
         code = new_code()
         session.add(Invite(code=code, therapist_id=therapist.id, created_at=now, expires_at=now + timedelta(days=1)))
-    where = "the companion's Telegram bot" if telegram else "the companion"
-    typer.echo(f"Send this from the account to link to {therapist.name}, in {where}:\n\n/start {code}\n")
+    if slack:
+        typer.echo(f"In Slack, {therapist.name} sends:\n\n/companion link {code}\n")
+    else:
+        where = "the companion's Telegram bot" if telegram else "the companion"
+        typer.echo(f"Send this from the account to link to {therapist.name}, in {where}:\n\n/start {code}\n")
     typer.echo("It works once, within 24 hours.")
 
 

@@ -16,13 +16,17 @@ from dialogs.timeparse import parse_clock_time
 from dialogs.turn import DialogSettings
 
 CONFIG_ENV: Final = "COMPANION_CONFIG"
-SECRET_KEYS: Final = (
-    "DATABASE_URL",
-    "TELEGRAM_BOT_TOKEN",
-    "TELEGRAM_WEBHOOK_SECRET",
-    "database_url",
-    "telegram_bot_token",
-    "telegram_webhook_secret",
+SECRET_KEYS: Final = tuple(
+    name
+    for key in (
+        "database_url",
+        "telegram_bot_token",
+        "telegram_webhook_secret",
+        "slack_bot_token",
+        "slack_signing_secret",
+        "slack_app_token",
+    )
+    for name in (key, key.upper())
 )
 DEFAULT_CONFIG: Final = Path("config.yaml")
 
@@ -116,6 +120,14 @@ class TelegramSettings(_Section):
         return urlparse(self.webhook_url).path or "/" if self.webhook_url else "/telegram/webhook"
 
 
+class SlackSettings(_Section):
+    """Slack is enabled when SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are set; Socket Mode with SLACK_APP_TOKEN."""
+
+    api_base_url: str = "https://slack.com/api/"
+    messages_per_second: float = Field(default=20, gt=0, le=1000)
+    per_chat_per_second: float = Field(default=1, gt=0, le=100)
+
+
 class SafetySettings(_Section):
     """Crisis resources by ISO 3166 country code (taken from the client's time zone).
 
@@ -163,9 +175,13 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     nudges: NudgeSettings = NudgeSettings()
     telegram: TelegramSettings = TelegramSettings()
+    slack: SlackSettings = SlackSettings()
     # Secrets: environment only (load_settings refuses them in the file).
     telegram_bot_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_BOT_TOKEN")
     telegram_webhook_secret: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_WEBHOOK_SECRET")
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
     log_level: str = "INFO"
 
     # Where relative paths in the file are resolved from (not a setting).

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -62,6 +62,22 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 prompts=companion.engine.prompts,
                 limiter=RateLimiter(settings.telegram.messages_per_second, settings.telegram.per_chat_per_second),
             )
+        slack = companion.slack
+        socket_mode = None
+        if slack is not None:
+            app.state.senders["slack"] = OutboxSender(
+                db=companion.db,
+                channel=slack,
+                clock=companion.clock,
+                prompts=companion.engine.prompts,
+                limiter=RateLimiter(settings.slack.messages_per_second, settings.slack.per_chat_per_second),
+            )
+            if settings.slack_app_token is not None and background:
+                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+                socket_mode = AsyncSocketModeHandler(slack.app, settings.slack_app_token.get_secret_value())
+                await socket_mode.connect_async()
+                log.info("slack: Socket Mode")
         if background:
             tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
         scheduler = None
@@ -78,6 +94,8 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await asyncio.gather(*tasks, return_exceptions=True)
+            if socket_mode is not None:
+                await socket_mode.close_async()
             if telegram is not None:
                 await telegram.stop()
 
@@ -127,5 +145,15 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 log.exception("telegram update %s could not be recorded", data.get("update_id"))
                 return JSONResponse({"error": "retry"}, status_code=500)
             return JSONResponse({})
+
+    if companion.slack is not None:
+        from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+
+        slack_handler = AsyncSlackRequestHandler(companion.slack.app)
+
+        @app.post("/slack/events")
+        async def slack_events(request: Request) -> Response:
+            """Slash commands, interactivity and events; bolt verifies the signature (401 otherwise)."""
+            return await slack_handler.handle(request)
 
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import prompts
 from bot.config import Settings
+from channels.slack import SlackChannel
 from channels.telegram import TelegramChannel
 from dialogs.clock import Clock, SystemClock
 from dialogs.engine import Engine
@@ -26,6 +27,7 @@ class Companion:
     engine: Engine
     clock: Clock
     telegram: TelegramChannel | None = None
+    slack: SlackChannel | None = None
 
 
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
@@ -35,7 +37,28 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
     if upgrade:
         db.upgrade()
     engine = Engine(prompts=prompts.load(settings.dialog.locale), clock=clock, settings=settings.dialog_settings())
-    return Companion(settings=settings, db=db, engine=engine, clock=clock, telegram=_telegram(settings, db, engine))
+    return Companion(
+        settings=settings,
+        db=db,
+        engine=engine,
+        clock=clock,
+        telegram=_telegram(settings, db, engine),
+        slack=_slack(settings, db, engine),
+    )
+
+
+def _slack(settings: Settings, db: Database, engine: Engine) -> SlackChannel | None:
+    if settings.slack_bot_token is None:
+        return None
+    if settings.slack_signing_secret is None:
+        # Fail closed: without the signing secret nobody's requests can be verified.
+        raise WiringError("SLACK_BOT_TOKEN is set but SLACK_SIGNING_SECRET is not")
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack.api_base_url)
+    return SlackChannel(
+        client=client, signing_secret=settings.slack_signing_secret.get_secret_value(), db=db, engine=engine
+    )
 
 
 def _telegram(settings: Settings, db: Database, engine: Engine) -> TelegramChannel | None:

@@ -515,6 +515,11 @@ def _attention(session: Session, client: Client, digest: ClientDigest, now: date
 # --- delivery -------------------------------------------------------------------------------
 
 
+def digest_ref(client: Client) -> dict[str, Any]:
+    """What an outbox message carries so an adapter can render the digest natively (Slack: Block Kit + chart)."""
+    return {"type": "digest", "client_id": client.id, "therapist_id": client.therapist_id}
+
+
 def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapist: Therapist, now: datetime) -> str:
     """Build and render one client's digest as plain text (console, Telegram, scheduled delivery)."""
     from dialogs.digest_text import render_text
@@ -543,7 +548,8 @@ def send_due_digests(
         chat = q.latest_identity(session, therapist_id=client.therapist_id)
         if therapist is not None and chat is not None:
             text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
-            q.enqueue(session, channel=chat.channel, address=chat.address, payload=Outbound(text).to_payload(), now=now)
+            message = Outbound(text, ref=digest_ref(client))
+            q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
             counts.digests += 1
         client.digest_sent_for = client.next_session_at
         session.add(client)

@@ -47,13 +47,19 @@ class Outbound:
     text: str
     kind: MessageKind = "text"
     options: tuple[Option, ...] = field(default=())
+    # What the message is about, for adapters that can render it natively (a
+    # digest as Block Kit with its chart); others just show ``text``.
+    ref: dict[str, Any] | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "text": self.text,
             "kind": self.kind,
             "options": [{"value": o.value, "label": o.label} for o in self.options],
         }
+        if self.ref is not None:
+            payload["ref"] = self.ref
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Outbound:
@@ -61,4 +67,5 @@ class Outbound:
             text=str(payload["text"]),
             kind=payload.get("kind", "text"),
             options=tuple(Option(str(o["value"]), str(o["label"])) for o in payload.get("options", ())),
+            ref=payload.get("ref"),
         )

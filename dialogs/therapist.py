@@ -9,7 +9,7 @@ from typing import Final
 
 from sqlalchemy.exc import IntegrityError
 
-from dialogs.digest import build_caseload, plain_digest
+from dialogs.digest import build_caseload, digest_ref, plain_digest
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
     build_homework,
@@ -244,7 +244,8 @@ def cmd_digest(turn: Turn, rest: str) -> None:
     if found is None:
         return
     turn.say_text(
-        plain_digest(turn.session, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now)
+        plain_digest(turn.session, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now),
+        ref=digest_ref(found[0]),
     )
 
 

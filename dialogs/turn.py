@@ -99,8 +99,15 @@ class Turn:
         """Reply in the chat the message came from."""
         self.say_text(self.t(key, **fields), kind=kind, options=options)
 
-    def say_text(self, text: str, *, kind: MessageKind = "text", options: Sequence[Option] = ()) -> None:
-        self.sends.append((self.inbound.channel, self.inbound.address, Outbound(text, kind, tuple(options))))
+    def say_text(
+        self,
+        text: str,
+        *,
+        kind: MessageKind = "text",
+        options: Sequence[Option] = (),
+        ref: dict[str, Any] | None = None,
+    ) -> None:
+        self.sends.append((self.inbound.channel, self.inbound.address, Outbound(text, kind, tuple(options), ref)))
 
     def send(self, to: Identity, message: Outbound) -> None:
         """Address another chat (a client's, a therapist's); it goes through the outbox too."""

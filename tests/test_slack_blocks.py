@@ -340,9 +340,7 @@ def test_huge_digest_splits_into_several_messages_and_loses_nothing() -> None:
     assert "*CRISIS* (#9)" in mrkdwn(messages[:1]) and "(#9)" not in mrkdwn(messages[1:])
     title = messages[0][0]["text"]["text"]
     parts = len(messages)
-    assert all(
-        m[0]["text"]["text"].endswith(f"(continued, {n}/{parts})") for n, m in enumerate(messages[1:], start=2)
-    )
+    assert all(m[0]["text"]["text"].endswith(f"(continued, {n}/{parts})") for n, m in enumerate(messages[1:], start=2))
     assert all(m[0]["text"]["text"].startswith(title[:40]) for m in messages)
 
 

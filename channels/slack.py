@@ -1,0 +1,268 @@
+"""Slack for therapists: verified commands, the homework modal, alerts with Acknowledge, Block Kit digests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from channels.base import Rejected, RetryLater, Transient, Unreachable, render_plain
+from channels.slack_blocks import alert_blocks, digest_messages
+from dialogs.digest import build_client_digest
+from dialogs.engine import Engine
+from dialogs.homework import missing_elements
+from dialogs.messages import Inbound, Outbound
+from storage import Client, Database, Therapist
+from storage import queries as q
+
+log = logging.getLogger("companion.slack")
+
+NAME: Final = "slack"
+MODAL: Final = "homework_modal"
+UNREACHABLE_ERRORS: Final = frozenset(
+    {"channel_not_found", "user_not_found", "account_inactive", "is_archived", "not_in_channel", "user_disabled"}
+)
+_TEXT_FIELDS: Final = ("title", "what", "when", "where", "with_whom", "record", "rationale", "due", "nudges")
+
+
+class SlackChannel:
+    """The Slack adapter: slash commands, the modal and button taps in; outbox rows out.
+
+    Every request reaches us through bolt, which verifies the signing secret
+    (bad, stale or missing signatures get 401 before any handler runs). Each
+    handler acks at once (Slack's 3-second limit) and then records the turn
+    through the engine in one transaction; ``trigger_id`` is the message id,
+    so a retried request is processed once. Therapists only: a Slack user
+    who has not linked their account gets an explanation and nothing else.
+    """
+
+    name: Final = NAME
+
+    def __init__(self, *, client: AsyncWebClient, signing_secret: str, db: Database, engine: Engine) -> None:
+        self.client, self.db, self.engine = client, db, engine
+        self.app = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=True)
+        self.app.command("/companion")(self._companion)
+        self.app.command("/homework")(self._homework)
+        self.app.view(MODAL)(self._submit)
+        self.app.action("ack_alert")(self._ack_alert)
+
+    # --- inbound ------------------------------------------------------------------------
+
+    async def _turn(self, user: str, text: str, message_id: str) -> None:
+        inbound = Inbound(channel=NAME, address=user, text=text, message_id=message_id)
+        await asyncio.to_thread(self._record, inbound)
+
+    def _record(self, inbound: Inbound) -> None:
+        with self.db.unit_of_work() as session:
+            self.engine.handle(session, inbound)
+
+    def _therapist(self, user: str) -> tuple[Therapist, list[Client]] | None:
+        with self.db.unit_of_work() as session:
+            who = q.identity(session, channel=NAME, address=user)
+            therapist = session.get(Therapist, who.therapist_id) if who and who.therapist_id else None
+            if therapist is None:
+                return None
+            return therapist, list(q.clients_of(session, therapist_id=therapist.id or 0))
+
+    async def _companion(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """``/companion invite Sam`` is the console's ``/invite Sam``; ``/companion link CODE`` links the account.
+
+        An unlinked user gets the explanation in the ack itself (ephemeral) and
+        nothing else; the ack is always sent before any slower work.
+        """
+        words = (body.get("text") or "").strip()
+        head, _, rest = words.partition(" ")
+        if head.casefold() == "link":
+            text = f"/start {rest.strip()}"
+        elif self._therapist(body["user_id"]) is None:
+            await ack(text=self.engine.prompts.text("slack.not_linked"))
+            return
+        else:
+            text = "/" + words if words else "/help"
+        await ack()
+        await self._turn(body["user_id"], text, f"cmd:{body.get('trigger_id')}")
+
+    async def _homework(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        found = self._therapist(body["user_id"])
+        if found is None:
+            await ack(text=self.engine.prompts.text("slack.not_linked"))
+            return
+        _, clients = found
+        if not clients:
+            await ack(text=self.engine.prompts.text("therapist.clients.empty"))
+            return
+        await ack()
+        await self.client.views_open(trigger_id=body["trigger_id"], view=self._modal(clients))
+
+    def _modal(self, clients: list[Client], *, notice: str | None = None, metadata: str = "") -> dict[str, Any]:
+        t = self.engine.prompts.text
+        options = [{"text": {"type": "plain_text", "text": c.name[:75]}, "value": c.name[:150]} for c in clients[:100]]
+        types = [
+            {"text": {"type": "plain_text", "text": kind.label[:75]}, "value": key}
+            for key, kind in self.engine.prompts.homework_types.items()
+        ]
+
+        def text_input(field: str, *, optional: bool = True, multiline: bool = False) -> dict[str, Any]:
+            return {
+                "type": "input",
+                "block_id": field,
+                "optional": optional,
+                "label": {"type": "plain_text", "text": t(f"field.{field}")},
+                "element": {"type": "plain_text_input", "action_id": "value", "multiline": multiline},
+            }
+
+        blocks: list[dict[str, Any]] = []
+        if notice:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": notice}})
+        blocks += [
+            {
+                "type": "input",
+                "block_id": "client",
+                "label": {"type": "plain_text", "text": t("slack.client_label")},
+                "element": {"type": "static_select", "action_id": "value", "options": options},
+            },
+            text_input("title", optional=False),
+            {
+                "type": "input",
+                "block_id": "type",
+                "label": {"type": "plain_text", "text": t("field.type")},
+                "element": {
+                    "type": "static_select",
+                    "action_id": "value",
+                    "options": types,
+                    "initial_option": types[-1],
+                },
+            },
+            text_input("what", multiline=True),
+            text_input("when"),
+            text_input("where"),
+            text_input("with_whom"),
+            text_input("record"),
+            text_input("rationale", multiline=True),
+            text_input("due"),
+            text_input("nudges"),
+        ]
+        return {
+            "type": "modal",
+            "callback_id": MODAL,
+            "title": {"type": "plain_text", "text": t("slack.modal_title")},
+            "submit": {"type": "plain_text", "text": t("slack.modal_submit")},
+            "private_metadata": metadata,
+            "blocks": blocks,
+        }
+
+    async def _submit(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """Validate, name what is missing once (save again to save anyway), then set it through the engine."""
+        user = body["user"]["id"]
+        found = self._therapist(user)
+        values = view.get("state", {}).get("values", {})
+
+        def value(block: str) -> str:
+            element = values.get(block, {}).get("value", {})
+            chosen = element.get("selected_option") or {}
+            return str(element.get("value") or chosen.get("value") or "").strip()
+
+        t = self.engine.prompts.text
+        if found is None:
+            await ack(response_action="errors", errors={"client": t("slack.not_linked")})
+            return
+        _, clients = found
+        name = value("client")
+        # A crafted payload may name anyone: only this therapist's own clients are accepted.
+        if not any(c.name == name for c in clients):
+            await ack(response_action="errors", errors={"client": t("slack.not_your_client")})
+            return
+        if not value("title"):
+            await ack(response_action="errors", errors={"title": t("slack.title_required")})
+            return
+        fields = {f: value(f) for f in _TEXT_FIELDS if value(f)}
+        fields["type"] = value("type") or "custom"
+        missing = missing_elements(fields)
+        warned = view.get("private_metadata") == "warned"
+        if missing and not warned:
+            notice = t("therapist.homework.missing", missing=", ".join(t(f"therapist.missing.{m}") for m in missing))
+            notice += " " + t("slack.save_anyway")
+            await ack(response_action="update", view=self._modal(clients, notice=notice, metadata="warned"))
+            return
+        await ack()
+        lines = [f"/homework {name}"] + [f"{f.replace('_', ' ')}: {' '.join(v.split())}" for f, v in fields.items()]
+        key = f"modal:{view.get('id')}:{view.get('hash')}"
+        await self._turn(user, "\n".join(lines), key)
+        if missing:  # the engine shows its review for an incomplete homework; this submission says "save"
+            await self._turn(user, "save", key + ":save")
+
+    async def _ack_alert(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await self._turn(body["user"]["id"], str(action.get("value") or ""), f"action:{body.get('trigger_id')}")
+
+    # --- outbound ---------------------------------------------------------------------
+
+    async def send(self, address: str, message: Outbound) -> None:
+        """Post to a user (their DM with the app) or a channel, natively: Block Kit digests, alert buttons."""
+        try:
+            if message.ref and message.ref.get("type") == "digest":
+                await self._send_digest(address, message)
+            elif message.kind == "alert" and message.options:
+                option = message.options[0]
+                await self.client.chat_postMessage(
+                    channel=address, text=message.text, blocks=alert_blocks(message.text, option.value, option.label)
+                )
+            else:
+                await self.client.chat_postMessage(channel=address, text=render_plain(message)[:39000])
+        except SlackApiError as exc:
+            raise _delivery_error(exc) from exc
+        except (TimeoutError, OSError) as exc:
+            raise Transient(exc.__class__.__name__) from exc
+
+    async def _send_digest(self, address: str, message: Outbound) -> None:
+        assert message.ref is not None
+        model = await asyncio.to_thread(
+            self._digest_model, int(message.ref["client_id"]), int(message.ref["therapist_id"])
+        )
+        if model is None:  # the client is gone: the text the outbox holds is still true
+            await self.client.chat_postMessage(channel=address, text=message.text[:39000])
+            return
+        for blocks in digest_messages(model, self.engine.prompts):
+            await self.client.chat_postMessage(channel=address, text=message.text[:3000], blocks=blocks)
+        if any(p.debriefs for p in model.trend):
+            from dialogs.digest_chart import adherence_png
+
+            png = await asyncio.to_thread(adherence_png, model, self.engine.prompts)
+            channel = address
+            if address.startswith("U"):  # files go to a conversation, not a user id
+                opened = await self.client.conversations_open(users=address)
+                channel = opened["channel"]["id"]
+            await self.client.files_upload_v2(
+                channel=channel,
+                content=png,
+                filename=f"adherence-{model.client_id}.png",
+                title=self.engine.prompts.text("digest.chart.title", client=model.client),
+            )
+
+    def _digest_model(self, client_id: int, therapist_id: int) -> Any:
+        with self.db.unit_of_work() as session:
+            client, therapist = session.get(Client, client_id), session.get(Therapist, therapist_id)
+            if client is None or therapist is None:
+                return None
+            return build_client_digest(
+                session, prompts=self.engine.prompts, client=client, therapist=therapist, now=self.engine.clock.now()
+            )
+
+
+def _delivery_error(exc: SlackApiError) -> Exception:
+    response = exc.response
+    error = str(response.get("error", "")) if response is not None else ""
+    status = getattr(response, "status_code", 0)
+    if status == 429 or error == "ratelimited":
+        headers = getattr(response, "headers", {}) or {}
+        retry = headers.get("Retry-After") or headers.get("retry-after") or 1
+        return RetryLater(float(retry))
+    if error in UNREACHABLE_ERRORS:
+        return Unreachable(error)
+    if status >= 500:
+        return Transient(f"HTTP {status}")
+    return Rejected(error or f"HTTP {status}")
