@@ -25,6 +25,8 @@ SECRET_KEYS: Final = tuple(
         "slack_bot_token",
         "slack_signing_secret",
         "slack_app_token",
+        "twilio_account_sid",
+        "twilio_auth_token",
     )
     for name in (key, key.upper())
 )
@@ -128,6 +130,32 @@ class SlackSettings(_Section):
     per_chat_per_second: float = Field(default=1, gt=0, le=100)
 
 
+class TemplateSettings(_Section):
+    content_sid: str
+    variables: dict[str, str] = Field(default_factory=dict, description="template placeholder → message field")
+
+
+class WhatsAppSettings(_Section):
+    """WhatsApp via Twilio: enabled when ``from_number`` is set and TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are."""
+
+    from_number: str | None = None
+    public_url: str | None = Field(default=None, description="the full URL Twilio calls for inbound messages")
+    status_callback_url: str | None = None
+    api_base_url: str = "https://api.twilio.com"
+    messages_per_second: float = Field(default=10, gt=0, le=1000)
+    per_chat_per_second: float = Field(default=1, gt=0, le=100)
+    # Content templates for messages outside the 24-hour window, by message type (nudge, follow_up).
+    templates: dict[str, TemplateSettings] = Field(default_factory=dict)
+
+    @property
+    def inbound_path(self) -> str:
+        return urlparse(self.public_url).path or "/" if self.public_url else "/whatsapp/inbound"
+
+    @property
+    def status_path(self) -> str:
+        return urlparse(self.status_callback_url).path or "/" if self.status_callback_url else "/whatsapp/status"
+
+
 class SafetySettings(_Section):
     """Crisis resources by ISO 3166 country code (taken from the client's time zone).
 
@@ -176,12 +204,15 @@ class Settings(BaseSettings):
     nudges: NudgeSettings = NudgeSettings()
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
+    whatsapp: WhatsAppSettings = WhatsAppSettings()
     # Secrets: environment only (load_settings refuses them in the file).
     telegram_bot_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_BOT_TOKEN")
     telegram_webhook_secret: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_WEBHOOK_SECRET")
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
     slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
+    twilio_account_sid: SecretStr | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
     log_level: str = "INFO"
 
     # Where relative paths in the file are resolved from (not a setting).

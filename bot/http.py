@@ -78,6 +78,17 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 socket_mode = AsyncSocketModeHandler(slack.app, settings.slack_app_token.get_secret_value())
                 await socket_mode.connect_async()
                 log.info("slack: Socket Mode")
+        if companion.whatsapp is not None:
+            app.state.senders["whatsapp"] = OutboxSender(
+                db=companion.db,
+                channel=companion.whatsapp,
+                clock=companion.clock,
+                prompts=companion.engine.prompts,
+                limiter=RateLimiter(settings.whatsapp.messages_per_second, settings.whatsapp.per_chat_per_second),
+            )
+            number = companion.whatsapp.from_number.lstrip("+")
+            links = (*companion.engine.settings.join_links, f"https://wa.me/{number}?text=join%20{{code}}")
+            companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=links)
         if background:
             tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
         scheduler = None
@@ -145,6 +156,41 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 log.exception("telegram update %s could not be recorded", data.get("update_id"))
                 return JSONResponse({"error": "retry"}, status_code=500)
             return JSONResponse({})
+
+    if companion.whatsapp is not None:
+        whatsapp = companion.whatsapp
+        wa = settings.whatsapp
+
+        async def verified_form(request: Request, public_url: str) -> dict[str, str] | None:
+            form = await request.form()
+            params = {key: str(value) for key, value in form.items()}
+            # The URL Twilio signed is the public one, not what the proxy forwarded to us.
+            if not whatsapp.verify(public_url, params, request.headers.get("X-Twilio-Signature")):
+                return None
+            return params
+
+        @app.post(wa.inbound_path)
+        async def whatsapp_inbound(request: Request) -> Response:
+            """Twilio's inbound webhook: signature first (403 and nothing touched), then record, then empty TwiML."""
+            assert wa.public_url is not None
+            params = await verified_form(request, wa.public_url)
+            if params is None:
+                return JSONResponse({"error": "bad signature"}, status_code=403)
+            try:
+                await whatsapp.inbound(params)
+            except Exception:  # Twilio retries on errors; MessageSid dedupe makes that safe
+                log.exception("whatsapp message could not be recorded")
+                return JSONResponse({"error": "retry"}, status_code=500)
+            return Response("<Response/>", media_type="text/xml")
+
+        @app.post(wa.status_path)
+        async def whatsapp_status(request: Request) -> Response:
+            """Delivery status callbacks, signature-checked the same way."""
+            params = await verified_form(request, wa.status_callback_url or "")
+            if params is None:
+                return JSONResponse({"error": "bad signature"}, status_code=403)
+            await whatsapp.status(params)
+            return Response(status_code=204)
 
     if companion.slack is not None:
         from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler

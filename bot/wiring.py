@@ -9,6 +9,7 @@ import prompts
 from bot.config import Settings
 from channels.slack import SlackChannel
 from channels.telegram import TelegramChannel
+from channels.whatsapp import WhatsAppChannel
 from dialogs.clock import Clock, SystemClock
 from dialogs.engine import Engine
 from storage import Database
@@ -28,6 +29,7 @@ class Companion:
     clock: Clock
     telegram: TelegramChannel | None = None
     slack: SlackChannel | None = None
+    whatsapp: WhatsAppChannel | None = None
 
 
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
@@ -44,6 +46,39 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         clock=clock,
         telegram=_telegram(settings, db, engine),
         slack=_slack(settings, db, engine),
+        whatsapp=_whatsapp(settings, db, engine),
+    )
+
+
+def _whatsapp(settings: Settings, db: Database, engine: Engine) -> WhatsAppChannel | None:
+    config = settings.whatsapp
+    if config.from_number is None:
+        return None
+    if settings.twilio_account_sid is None or settings.twilio_auth_token is None:
+        raise WiringError("whatsapp.from_number is set but TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are not")
+    if not config.public_url:
+        # Fail closed: signatures are computed over the URL Twilio called; without it none can be checked.
+        raise WiringError("whatsapp.from_number is set but whatsapp.public_url is not")
+    from twilio.rest import Client as TwilioClient
+
+    from channels.whatsapp import RedirectingHttpClient, Template, e164
+
+    sender = e164(config.from_number)
+    if sender is None:
+        raise WiringError(f"whatsapp.from_number {config.from_number!r} is not a valid phone number")
+    client = TwilioClient(
+        settings.twilio_account_sid.get_secret_value(),
+        settings.twilio_auth_token.get_secret_value(),
+        http_client=RedirectingHttpClient(config.api_base_url, timeout=10),
+    )
+    return WhatsAppChannel(
+        client=client,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        from_number=sender,
+        status_callback_url=config.status_callback_url,
+        templates={k: Template(t.content_sid, dict(t.variables)) for k, t in config.templates.items()},
+        db=db,
+        engine=engine,
     )
 
 

@@ -19,6 +19,17 @@ class OutputChannel(Protocol):
     def send(self, address: str, message: Outbound) -> None: ...
 
 
+def split_text(text: str, limit: int) -> list[str]:
+    """Split at paragraph, then line, then word boundaries so every part fits ``limit``."""
+    if len(text) <= limit:
+        return [text]
+    for separator in ("\n\n", "\n", " "):
+        cut = text.rfind(separator, 0, limit + 1)
+        if cut > 0:
+            return [text[:cut].rstrip(), *split_text(text[cut + len(separator) :].lstrip(), limit)]
+    return [text[:limit], *split_text(text[limit:], limit)]
+
+
 def render_plain(message: Outbound) -> str:
     """The text-only rendering: options become a "reply with" line.
 
@@ -58,14 +69,22 @@ class Transient(DeliveryError):
     """A network error or a 5xx: retry with backoff."""
 
 
+class Undeliverable(DeliveryError):
+    """This message may not be sent now (e.g. outside WhatsApp's 24-hour window with no template).
+
+    Recorded with its reason (``str(exc)``) for the therapist; never retried.
+    """
+
+
 class AsyncOutputChannel(Protocol):
     """A push platform's outbound side, driven by :class:`channels.sender.OutboxSender`.
 
-    :meth:`send` returns only when the platform accepted the whole message and
+    :meth:`send` returns only when the platform accepted the whole message (with
+    the platform's id for it, where there is one, for status callbacks) and
     raises a :class:`DeliveryError` subclass otherwise.
     """
 
     @property
     def name(self) -> str: ...
 
-    async def send(self, address: str, message: Outbound) -> None: ...
+    async def send(self, address: str, message: Outbound) -> str | None: ...

@@ -14,7 +14,7 @@ from typing import Any, Final
 from sqlalchemy import or_, update
 from sqlmodel import col, select
 
-from channels.base import AsyncOutputChannel, Rejected, RetryLater, Unreachable
+from channels.base import AsyncOutputChannel, Rejected, RetryLater, Undeliverable, Unreachable
 from dialogs.clock import Clock
 from dialogs.messages import Outbound
 from dialogs.presence import set_reachable
@@ -199,7 +199,10 @@ class OutboxSender:
         await self.limiter.acquire(row.address)
         now = self.clock.now()
         try:
-            await self.channel.send(row.address, Outbound.from_payload(row.payload))
+            platform_id = await self.channel.send(row.address, Outbound.from_payload(row.payload))
+        except Undeliverable as exc:
+            await asyncio.to_thread(self._finish, row, failed_at=now, last_error=str(exc))
+            return True
         except RetryLater as exc:
             await asyncio.to_thread(self._defer, row, until=now + timedelta(seconds=exc.seconds), error="rate limited")
             return False
@@ -222,5 +225,5 @@ class OutboxSender:
             )
             await asyncio.to_thread(self._defer, row, until=now + backoff, error=exc.__class__.__name__)
             return False
-        await asyncio.to_thread(self._finish, row, sent_at=now)
+        await asyncio.to_thread(self._finish, row, sent_at=now, platform_id=platform_id)
         return True

@@ -201,7 +201,7 @@ class SlackChannel:
 
     # --- outbound ---------------------------------------------------------------------
 
-    async def send(self, address: str, message: Outbound) -> None:
+    async def send(self, address: str, message: Outbound) -> str | None:
         """Post to a user (their DM with the app) or a channel, natively: Block Kit digests, alert buttons."""
         try:
             if message.ref and message.ref.get("type") == "digest":
@@ -217,6 +217,7 @@ class SlackChannel:
             raise _delivery_error(exc) from exc
         except (TimeoutError, OSError) as exc:
             raise Transient(exc.__class__.__name__) from exc
+        return None
 
     async def _send_digest(self, address: str, message: Outbound) -> None:
         assert message.ref is not None

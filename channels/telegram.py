@@ -15,7 +15,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.warnings import PTBDeprecationWarning
 
-from channels.base import Rejected, Transient, Unreachable, render_plain
+from channels.base import Rejected, Transient, Unreachable, render_plain, split_text
 from channels.base import RetryLater as RetryLaterError
 from dialogs.engine import Engine
 from dialogs.messages import Inbound, InboundKind, Option, Outbound
@@ -48,17 +48,6 @@ def secret_matches(expected: str, given: str | None) -> bool:
 # --- outbound rendering ------------------------------------------------------------
 
 
-def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
-    """Split at paragraph, then line, then word boundaries so every part fits ``limit``."""
-    if len(text) <= limit:
-        return [text]
-    for separator in ("\n\n", "\n", " "):
-        cut = text.rfind(separator, 0, limit + 1)
-        if cut > 0:
-            return [text[:cut].rstrip(), *split_text(text[cut + len(separator) :].lstrip(), limit)]
-    return [text[:limit], *split_text(text[limit:], limit)]
-
-
 def render(message: Outbound) -> list[tuple[str, InlineKeyboardMarkup | None]]:
     """Text parts and, on the last, an inline keyboard of the options that fit Telegram's callback limit.
 
@@ -68,7 +57,7 @@ def render(message: Outbound) -> list[tuple[str, InlineKeyboardMarkup | None]]:
     buttons = [o for o in message.options if len(o.value.encode()) <= MAX_CALLBACK_BYTES]
     leftover = [o for o in message.options if o not in buttons]
     text = render_plain(Outbound(message.text, message.kind, tuple(leftover))) if leftover else message.text
-    parts = split_text(text)
+    parts = split_text(text, MAX_TEXT)
     markup = _keyboard(buttons, scale=message.kind == "scale") if buttons else None
     return [(part, markup if i == len(parts) - 1 else None) for i, part in enumerate(parts)]
 
@@ -223,7 +212,7 @@ class TelegramChannel:
 
     # --- outbound -----------------------------------------------------------------------
 
-    async def send(self, address: str, message: Outbound) -> None:
+    async def send(self, address: str, message: Outbound) -> str | None:
         for text, markup in render(message):
             try:
                 await self.bot.send_message(chat_id=int(address), text=text, reply_markup=markup)
@@ -237,3 +226,4 @@ class TelegramChannel:
                 raise Rejected(exc.message) from exc
             except (TimedOut, NetworkError) as exc:
                 raise Transient(exc.__class__.__name__) from exc
+        return None

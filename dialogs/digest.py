@@ -174,6 +174,7 @@ class ClientDigest:
     logs: tuple[tuple[datetime, str], ...]
     trend: tuple[WeekPoint, ...]
     agenda: tuple[AgendaItem, ...]
+    undeliverable: int = 0  # messages that could not be sent outside WhatsApp's 24-hour window
 
     @property
     def opted_out(self) -> bool:
@@ -287,7 +288,7 @@ def build_client_digest(
         raise PermissionError("a digest never contains another therapist's client")
     start = period_start(client, now)
     trend_start = min(start, now - DEFAULT_PERIOD * TREND_WEEKS)
-    base = dict(
+    base: dict[str, Any] = dict(
         client_id=client.id or 0,
         client=client.name,
         status=client.status,
@@ -298,7 +299,7 @@ def build_client_digest(
         unreachable_since=client.unreachable_at,
     )
     if client.status == ClientStatus.STOPPED:  # opted out: the status, and no new data
-        return ClientDigest(**base, homeworks=(), flags=(), logs=(), trend=(), agenda=())  # type: ignore[arg-type]
+        return ClientDigest(**base, homeworks=(), flags=(), logs=(), trend=(), agenda=())
 
     debriefs = [
         d
@@ -335,7 +336,10 @@ def build_client_digest(
     )
     logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
     trend = _week_points([v for _, v in views if v.kind == DebriefKind.DEBRIEF], now)
-    digest = ClientDigest(**base, homeworks=homeworks, flags=flags, logs=logs, trend=trend, agenda=())  # type: ignore[arg-type]
+    undeliverable = q.undeliverable_since(session, client_id=client.id or 0, since=start, reason="outside_window")
+    digest = ClientDigest(
+        **base, homeworks=homeworks, flags=flags, logs=logs, trend=trend, agenda=(), undeliverable=undeliverable
+    )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
 
 
@@ -425,6 +429,8 @@ def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
             items.append(AgendaItem("specificity", {"title": h.title, "missing": h.missing}))
     if digest.unreachable_since is not None:
         items.append(AgendaItem("unreachable", {}))
+    if digest.undeliverable:
+        items.append(AgendaItem("outside_window", {"count": digest.undeliverable}))
     items.append(AgendaItem("next", {}))
     return tuple(items)
 

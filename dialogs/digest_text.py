@@ -86,6 +86,8 @@ def _render(digest: ClientDigest, prompts: Prompts, doc: _Doc) -> str:
         doc.line(t("digest.next_session", when=_when(digest.next_session, tz)), 0)
     if digest.unreachable_since:
         doc.line(t("digest.unreachable", when=_when(digest.unreachable_since, tz)), 0)
+    if digest.undeliverable:
+        doc.line(t("digest.undeliverable", count=digest.undeliverable), 0)
     if digest.opted_out:
         doc.line(t("digest.opted_out"), 0)
         return doc.render()

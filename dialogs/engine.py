@@ -71,7 +71,7 @@ class Engine:
                     session, prompts=self.prompts, settings=self.settings, client=turn.client, now=now
                 )
                 turn.sends.extend(messages)
-        state.updated_at = now
+        state.last_inbound_at = state.updated_at = now
         session.add(state)
         rows = [
             q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now)

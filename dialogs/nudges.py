@@ -396,14 +396,16 @@ def _within_cap(client: Client, settings: DialogSettings, now: datetime) -> bool
 
 
 def _nudge(prompts: Prompts, title: str, what: str | None, *, follow_up: bool) -> Outbound:
+    """The reminder (or the follow-up), with a ``ref`` so adapters can use a template where they must."""
     key = "nudge.follow_up" if follow_up else "nudge.reminder"
     text = prompts.text(key, title=title, what=what or title)
+    ref = {"type": "follow_up" if follow_up else "nudge", "title": title, "what": what or title}
     options = (
         Option("done", prompts.text("nudge.done")),
         Option("didn't do it", prompts.text("nudge.not_done")),
         Option("later", prompts.text("nudge.later")),
     )
-    return Outbound(text, kind="choice", options=options)
+    return Outbound(text, kind="choice", options=options, ref=ref)
 
 
 Cursor = tuple[datetime, int]

@@ -261,6 +261,9 @@ class ConversationState(SQLModel, table=True):
     step: str = ""
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     updated_at: datetime = _ts(nullable=False)
+    # When this chat last wrote to us (a stranger's too): WhatsApp allows
+    # free-form messages only within 24 hours of it.
+    last_inbound_at: datetime | None = _ts()
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -285,6 +288,10 @@ class OutboxMessage(SQLModel, table=True):
     next_attempt_at: datetime | None = _ts()
     claimed_until: datetime | None = _ts()
     failed_at: datetime | None = _ts()
+    # The platform's id for the sent message, and what its status callbacks reported.
+    platform_id: str | None = Field(default=None, index=True)
+    delivery_status: str | None = None
+    error_code: str | None = None
 
 
 class ProcessedInbound(SQLModel, table=True):

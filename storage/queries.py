@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, tuple_
 from sqlmodel import Session, col, select
 
 from storage.models import (
@@ -260,6 +260,20 @@ def occasion_counts(session: Session, *, homework_id: int, since: datetime) -> d
         .group_by(col(Occasion.status))
     ).all()
     return {status: count for status, count in rows}
+
+
+def undeliverable_since(session: Session, *, client_id: int, since: datetime, reason: str) -> int:
+    """Messages to this client's chats that failed for ``reason`` (e.g. outside WhatsApp's window) since ``since``."""
+    chats = select(Identity.channel, Identity.address).where(Identity.client_id == client_id)
+    return session.exec(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(
+            tuple_(col(OutboxMessage.channel), col(OutboxMessage.address)).in_(chats),
+            col(OutboxMessage.failed_at) >= since,
+            OutboxMessage.last_error == reason,
+        )
+    ).one()
 
 
 # --- outbox ------------------------------------------------------------------

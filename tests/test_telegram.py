@@ -19,8 +19,9 @@ from sqlmodel import select
 
 from bot.http import create_app
 from bot.wiring import Companion
+from channels.base import split_text
 from channels.sender import RateLimiter
-from channels.telegram import render, split_text
+from channels.telegram import render
 from dialogs.clock import FrozenClock
 from dialogs.messages import Option, Outbound
 from storage import Client, Debrief, DebriefStatus, OutboxMessage, ProcessedInbound
@@ -373,9 +374,9 @@ def test_a_restart_mid_debrief_resumes_over_telegram(
 
 def test_long_messages_split_cleanly_and_callbacks_fit() -> None:
     text = ("A line of a long digest.\n" * 300).strip()
-    parts = split_text(text)
+    parts = split_text(text, 4096)
     assert all(len(p) <= 4096 for p in parts) and "\n".join(parts) == text
-    assert split_text("x" * 5000) == ["x" * 4096, "x" * 904]
+    assert split_text("x" * 5000, 4096) == ["x" * 4096, "x" * 904]
     long_value = "/ack " + "9" * 70
     rendered = render(Outbound("Choose", "choice", (Option("yes", "Yes"), Option(long_value, "Long"))))
     ((text_part, markup),) = rendered
