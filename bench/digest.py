@@ -23,6 +23,11 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
+from storage import crypto
+
+# Client text is encrypted at rest; every process of a run uses this one (benchmark-only) key.
+crypto.use([b"YmVuY2htYXJrLW9ubHkta2V5LTMyLWJ5dGVzLWxvbmc="])
+
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
 

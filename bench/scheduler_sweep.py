@@ -29,6 +29,11 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, insert, text
 
+from storage import crypto
+
+# Client text is encrypted at rest; every process of a run uses this one (benchmark-only) key.
+crypto.use([b"YmVuY2htYXJrLW9ubHkta2V5LTMyLWJ5dGVzLWxvbmc="])
+
 POSTGRES = os.environ.get("COMPANION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

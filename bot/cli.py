@@ -234,6 +234,68 @@ def therapist_link(
     typer.echo("It works once, within 24 hours.")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="The data key that encrypts client text at rest.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    config: ConfigOption = None,
+    batch: Annotated[int, typer.Option(help="rows per committed batch")] = 500,
+) -> None:
+    """Re-encrypt every stored value with a new key, with progress; run it again to resume if interrupted.
+
+    With the embedded SQLite default the key file is rotated for you: a new
+    key is added in front, everything is re-encrypted, and the old key is
+    dropped at the end. With COMPANION_DATA_KEY, set it to "NEW,OLD" first;
+    everything is re-encrypted to NEW, and then you can set it to NEW alone.
+    """
+    from cryptography.fernet import Fernet
+    from rich.progress import Progress
+
+    from bot.wiring import data_keys
+    from storage import crypto
+
+    settings = _settings(config)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        keys = data_keys(settings)
+    except WiringError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    key_file = None if settings.data_key is not None else crypto.key_file_for(settings.sqlite_path or Path())
+    if key_file is not None and len(keys) == 1:
+        keys = [Fernet.generate_key(), *keys]  # new key first; the old one still decrypts meanwhile
+        crypto.write_key_file(key_file, keys)
+    elif key_file is None and len(keys) == 1:
+        typer.echo(
+            "error: set COMPANION_DATA_KEY to 'NEW,OLD' to rotate (generate NEW with: companion keys new)", err=True
+        )
+        raise typer.Exit(2)
+    companion = build(settings)
+    with Progress() as progress:
+        task = progress.add_task("re-encrypting", total=None)
+        done = crypto.rotate(
+            companion.db.engine,
+            keys,
+            batch=batch,
+            progress=lambda table, n: progress.update(task, advance=n, description=f"re-encrypting {table}"),
+        )
+    if key_file is not None:
+        crypto.write_key_file(key_file, keys[:1])
+        typer.echo(f"Rotated {done} row(s); {key_file} now holds only the new key. Back it up with the database.")
+    else:
+        typer.echo(f"Rotated {done} row(s) to the first key; COMPANION_DATA_KEY can now be set to it alone.")
+
+
+@keys_app.command("new")
+def keys_new() -> None:
+    """Print a new random data key (for COMPANION_DATA_KEY)."""
+    from cryptography.fernet import Fernet
+
+    typer.echo(Fernet.generate_key().decode())
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply the Alembic migrations up to the latest (also done by `companion run`)."""

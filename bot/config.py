@@ -27,6 +27,8 @@ SECRET_KEYS: Final = tuple(
         "slack_app_token",
         "twilio_account_sid",
         "twilio_auth_token",
+        "data_key",
+        "companion_data_key",
     )
     for name in (key, key.upper())
 )
@@ -213,6 +215,7 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
     twilio_account_sid: SecretStr | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
+    data_key: SecretStr | None = Field(default=None, validation_alias="COMPANION_DATA_KEY")
     log_level: str = "INFO"
 
     # Where relative paths in the file are resolved from (not a setting).
@@ -229,6 +232,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values arrive as init kwargs; the environment must win.
         return (env_settings, init_settings)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file in use (the embedded default, or DATABASE_URL naming one); None for a server database."""
+        url = self.url
+        if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+            return None
+        return Path(url.removeprefix("sqlite:///")).resolve()
 
     @property
     def url(self) -> str:

@@ -12,7 +12,7 @@ from channels.telegram import TelegramChannel
 from channels.whatsapp import WhatsAppChannel
 from dialogs.clock import Clock, SystemClock
 from dialogs.engine import Engine
-from storage import Database
+from storage import Database, crypto
 
 log = logging.getLogger("companion")
 
@@ -35,6 +35,7 @@ class Companion:
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
     """Wire the parts; ``upgrade`` brings the schema to the latest migration first."""
     clock = clock or SystemClock()
+    crypto.use(data_keys(settings))
     db = Database(settings.url)
     if upgrade:
         db.upgrade()
@@ -80,6 +81,29 @@ def _whatsapp(settings: Settings, db: Database, engine: Engine) -> WhatsAppChann
         db=db,
         engine=engine,
     )
+
+
+def data_keys(settings: Settings) -> list[bytes]:
+    """The Fernet keys that protect client text at rest (newest first).
+
+    From COMPANION_DATA_KEY; or, for the embedded SQLite default only, from a
+    key file beside the database, created once (mode 0600) — it must be
+    backed up with the database, and losing it loses the data. Any other
+    database refuses to start without COMPANION_DATA_KEY.
+    """
+    try:
+        if settings.data_key is not None:
+            return crypto.parse_keys(settings.data_key.get_secret_value())
+        path = settings.sqlite_path
+        if path is None:
+            raise WiringError("COMPANION_DATA_KEY is required with DATABASE_URL (client text is encrypted at rest)")
+        key_file = crypto.key_file_for(path)
+        keys, created = crypto.load_or_create_key_file(key_file)
+    except crypto.KeyError_ as exc:
+        raise WiringError(str(exc)) from exc
+    if created:
+        log.warning("created the data key %s: back it up with the database; without it the data is lost", key_file)
+    return keys
 
 
 def _slack(settings: Settings, db: Database, engine: Engine) -> SlackChannel | None:

@@ -6,13 +6,15 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from storage._types import UTCDateTime
+from storage.crypto import EncryptedJSON, EncryptedText
 
-# Free text from clients is sensitive health data; the privacy issue encrypts
-# these columns. Keeping them as Text (not bounded strings) leaves room for that.
+# Free text from clients and therapists is sensitive health data: those columns
+# are EncryptedText / EncryptedJSON (Fernet, see storage.crypto). Names stay in
+# plain text because commands look clients up by them (see SECURITY.md).
 
 
 class ClientStatus(StrEnum):
@@ -146,14 +148,14 @@ class Homework(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     client_id: int = Field(foreign_key="client.id", index=True)
     therapist_id: int = Field(foreign_key="therapist.id", index=True)
-    title: str
+    title: str = Field(sa_type=EncryptedText)
     type: str = "custom"
-    what: str | None = Field(default=None, sa_type=Text)
-    when: str | None = Field(default=None, sa_type=Text)
-    where: str | None = Field(default=None, sa_type=Text)
-    with_whom: str | None = Field(default=None, sa_type=Text)
-    record: str | None = Field(default=None, sa_type=Text)
-    rationale: str | None = Field(default=None, sa_type=Text)
+    what: str | None = Field(default=None, sa_type=EncryptedText)
+    when: str | None = Field(default=None, sa_type=EncryptedText)
+    where: str | None = Field(default=None, sa_type=EncryptedText)
+    with_whom: str | None = Field(default=None, sa_type=EncryptedText)
+    record: str | None = Field(default=None, sa_type=EncryptedText)
+    rationale: str | None = Field(default=None, sa_type=EncryptedText)
     due: date | None = None
     nudges: str | None = None  # comma-separated local "HH:MM" times
     nudge_days: str | None = None  # comma-separated "mon,wed,fri"; None → every day
@@ -161,7 +163,7 @@ class Homework(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     delivered_at: datetime | None = _ts()
     closed_at: datetime | None = _ts()
-    rationale_own_words: str | None = Field(default=None, sa_type=Text)
+    rationale_own_words: str | None = Field(default=None, sa_type=EncryptedText)
     confidence: int | None = None
     smaller_version_wanted: bool = False
 
@@ -201,12 +203,12 @@ class Debrief(SQLModel, table=True):
     started_at: datetime = _ts(nullable=False)
     completed_at: datetime | None = _ts()
     quantity: int | None = None  # 0 none · 1 a little · 2 about half · 3 most · 4 all
-    what_happened: str | None = Field(default=None, sa_type=Text)
-    surprised: str | None = Field(default=None, sa_type=Text)
-    hard: str | None = Field(default=None, sa_type=Text)
-    learned: str | None = Field(default=None, sa_type=Text)
-    obstacle: str | None = Field(default=None, sa_type=Text)
-    would_help: str | None = Field(default=None, sa_type=Text)
+    what_happened: str | None = Field(default=None, sa_type=EncryptedText)
+    surprised: str | None = Field(default=None, sa_type=EncryptedText)
+    hard: str | None = Field(default=None, sa_type=EncryptedText)
+    learned: str | None = Field(default=None, sa_type=EncryptedText)
+    obstacle: str | None = Field(default=None, sa_type=EncryptedText)
+    would_help: str | None = Field(default=None, sa_type=EncryptedText)
     # Type-specific ratings, e.g. {"belief_before": 80, "belief_after": 40}.
     ratings: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
@@ -231,21 +233,21 @@ class SafetyFlag(SQLModel, table=True):
     therapist_id: int = Field(foreign_key="therapist.id", index=True)
     level: str
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    text: str = Field(sa_type=Text)  # the client's message: the therapist needs it to act
+    text: str = Field(sa_type=EncryptedText)  # the client's message: the therapist needs it to act
     context: str | None = None  # where in the dialog it was written, e.g. "debrief of #3"
     created_at: datetime = _ts(nullable=False, index=True)
     escalate_at: datetime | None = _ts()
     escalated_at: datetime | None = _ts()
     acknowledged_at: datetime | None = _ts()
     acknowledged_by: int | None = Field(default=None, foreign_key="therapist.id")
-    ack_note: str | None = Field(default=None, sa_type=Text)
+    ack_note: str | None = Field(default=None, sa_type=EncryptedText)
 
 
 class LogEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     client_id: int = Field(foreign_key="client.id", index=True)
     homework_id: int | None = Field(default=None, foreign_key="homework.id")
-    text: str = Field(sa_type=Text)
+    text: str = Field(sa_type=EncryptedText)
     created_at: datetime = _ts(nullable=False)
 
 
@@ -259,7 +261,7 @@ class ConversationState(SQLModel, table=True):
     address: str
     flow: str = "idle"
     step: str = ""
-    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(EncryptedJSON, nullable=False))
     updated_at: datetime = _ts(nullable=False)
     # When this chat last wrote to us (a stranger's too): WhatsApp allows
     # free-form messages only within 24 hours of it.
@@ -280,7 +282,7 @@ class OutboxMessage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     channel: str
     address: str
-    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    payload: dict[str, Any] = Field(sa_column=Column(EncryptedJSON, nullable=False))
     created_at: datetime = _ts(nullable=False)
     sent_at: datetime | None = _ts()
     attempts: int = 0

@@ -64,6 +64,8 @@ def clock() -> FrozenClock:
     return FrozenClock(MONDAY)
 
 
+TEST_DATA_KEY = "ZmRWTXRlc3Qta2V5LWZvci1ob21ld29yay1jb21wYW4="  # a fixed Fernet key for tests only
+
 CRISIS_RESOURCES = {
     "GB": ["Samaritans: call 116 123"],
     "US": ["988 Suicide & Crisis Lifeline: call or text 988"],
@@ -73,6 +75,8 @@ CRISIS_RESOURCES = {
 def make_companion(url: str, clock: FrozenClock, tmp_path: Path, **overrides: Any) -> Companion:
     """A companion as `companion run` would build it, on ``url``, with the test's clock."""
     overrides.setdefault("safety", {"crisis_resources": CRISIS_RESOURCES})
+    if not url.startswith("sqlite"):
+        overrides.setdefault("COMPANION_DATA_KEY", TEST_DATA_KEY)  # the SQLite default makes its own key file
     return build(Settings(DATABASE_URL=url, config_dir=tmp_path, **overrides), clock=clock)
 
 

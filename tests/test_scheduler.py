@@ -22,7 +22,7 @@ from scheduler.sweep import sweep
 from storage import Client, Homework, Occasion, OutboxMessage, Therapist
 from storage import queries as q
 from storage.models import OccasionStatus
-from tests.conftest import make_companion
+from tests.conftest import TEST_DATA_KEY, make_companion
 from tests.support import Chat, add_therapist, join
 
 TASK = "title: Evening walk\nwhat: a 20 minute walk\nwhen: evenings\nwhere: the park\nwith whom: alone\n"
@@ -323,7 +323,7 @@ def test_two_scheduler_processes_on_postgresql_send_every_nudge_exactly_once(tmp
                     )
         config = tmp_path / "config.yaml"
         config.write_text("nudges:\n  daily_cap: 5\n", encoding="utf-8")
-        env = {**os.environ, "DATABASE_URL": url, "COMPANION_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "DATABASE_URL": url, "COMPANION_LOG_LEVEL": "WARNING", "COMPANION_DATA_KEY": TEST_DATA_KEY}
         command = [sys.executable, "-m", "bot.cli", "tick", "--config", str(config)]
         processes = [
             subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)
