@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from bot.wiring import Companion
+from channels.base import AsyncOutputChannel
 from channels.sender import OutboxSender, RateLimiter
 from channels.telegram import ALLOWED_UPDATES, secret_matches
 
@@ -31,6 +33,16 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
     ``app.state.senders`` themselves.
     """
     settings = companion.settings
+
+    def sender(channel: AsyncOutputChannel, limits: Any) -> OutboxSender:
+        """An outbox sender for one push channel, at that platform's configured pace."""
+        return OutboxSender(
+            db=companion.db,
+            channel=channel,
+            clock=companion.clock,
+            prompts=companion.engine.prompts,
+            limiter=RateLimiter(limits.messages_per_second, limits.per_chat_per_second),
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,23 +67,11 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 log.info("telegram: long polling as @%s", telegram.username)
                 if background:
                     tasks.append(asyncio.create_task(telegram.poll(stop, timeout=settings.telegram.polling_timeout)))
-            app.state.senders["telegram"] = OutboxSender(
-                db=companion.db,
-                channel=telegram,
-                clock=companion.clock,
-                prompts=companion.engine.prompts,
-                limiter=RateLimiter(settings.telegram.messages_per_second, settings.telegram.per_chat_per_second),
-            )
+            app.state.senders["telegram"] = sender(telegram, settings.telegram)
         slack = companion.slack
         socket_mode = None
         if slack is not None:
-            app.state.senders["slack"] = OutboxSender(
-                db=companion.db,
-                channel=slack,
-                clock=companion.clock,
-                prompts=companion.engine.prompts,
-                limiter=RateLimiter(settings.slack.messages_per_second, settings.slack.per_chat_per_second),
-            )
+            app.state.senders["slack"] = sender(slack, settings.slack)
             if settings.slack_app_token is not None and background:
                 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
@@ -79,13 +79,7 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 await socket_mode.connect_async()
                 log.info("slack: Socket Mode")
         if companion.whatsapp is not None:
-            app.state.senders["whatsapp"] = OutboxSender(
-                db=companion.db,
-                channel=companion.whatsapp,
-                clock=companion.clock,
-                prompts=companion.engine.prompts,
-                limiter=RateLimiter(settings.whatsapp.messages_per_second, settings.whatsapp.per_chat_per_second),
-            )
+            app.state.senders["whatsapp"] = sender(companion.whatsapp, settings.whatsapp)
             number = companion.whatsapp.from_number.lstrip("+")
             links = (*companion.engine.settings.join_links, f"https://wa.me/{number}?text=join%20{{code}}")
             companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=links)

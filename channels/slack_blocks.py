@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from dialogs.digest import CRITERIA, Caseload, CaseloadRow, ClientDigest, DebriefView, FlagView, HomeworkView
-from dialogs.digest_text import _amount, _percent, _when, quote
+from dialogs.digest import Caseload, CaseloadRow, ClientDigest, DebriefView, FlagView, HomeworkView
+from dialogs.digest_text import NUDGE_STATUSES, _amount, _percent, _when, quantity_fields, quote, rubric
 from prompts import Prompts
 
 Block = dict[str, Any]
@@ -332,28 +332,11 @@ def _homework(prompts: Prompts, digest: ClientDigest, homework: HomeworkView) ->
     if homework.confidence is not None:
         smaller = t("digest.smaller") if homework.smaller_wanted else ""
         lines.append(_fill(prompts, "digest.confidence", confidence=homework.confidence, smaller=smaller))
-    amounts = ", ".join(str(d.quantity) for d in homework.debriefs if d.quantity is not None) or "—"
-    lines.append(
-        _fill(
-            prompts,
-            "digest.quantity",
-            attempted=homework.attempted,
-            planned=homework.planned,
-            on_time=homework.on_time,
-            late=homework.late,
-            amounts=amounts,
-        )
-    )
+    lines.append(_fill(prompts, "digest.quantity", **quantity_fields(homework)))
     if homework.debriefs:
-        totals = homework.criteria_totals()
-        parts = []
-        for key in CRITERIA:
-            met, seen = totals[key]
-            mark = t("digest.criterion_met") if met == seen else t("digest.criterion_missed")
-            parts.append(t("digest.criterion", mark=mark, label=t(f"digest.criteria.{key}"), met=met, seen=seen))
-        lines.append(_fill(prompts, "digest.quality", count=len(homework.debriefs), criteria=" · ".join(parts)))
-    statuses = ("answered", "sent", "followed_up", "not_reviewed", "skipped", "missed")
-    nudged = {k: homework.nudges.get(k, 0) for k in statuses}
+        criteria = rubric(prompts, homework)
+        lines.append(_fill(prompts, "digest.quality", count=len(homework.debriefs), criteria=criteria))
+    nudged = {k: homework.nudges.get(k, 0) for k in NUDGE_STATUSES}
     if any(nudged.values()):
         lines.append(_fill(prompts, "digest.nudges", **nudged))
     follow = [_sections(_debrief(prompts, digest, homework, d)) for d in homework.debriefs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
-from dialogs.digest import CRITERIA, Caseload, ClientDigest, DebriefView, HomeworkView
+from dialogs.digest import Caseload, ClientDigest, DebriefView, HomeworkView
 from dialogs.timeparse import format_local, utc_to_local
 from prompts import Prompts
 
@@ -69,6 +69,31 @@ def _percent(value: float | None) -> str:
 
 def _amount(value: float | None) -> str:
     return f"{value:.1f}" if value is not None else "—"
+
+
+NUDGE_STATUSES: Final = ("answered", "sent", "followed_up", "not_reviewed", "skipped", "missed")
+
+
+def quantity_fields(homework: HomeworkView) -> dict[str, object]:
+    """The fields of the ``digest.quantity`` line: debriefs against planned reminders, timing, amounts."""
+    amounts = ", ".join(str(d.quantity) for d in homework.debriefs if d.quantity is not None) or "—"
+    return {
+        "attempted": homework.attempted,
+        "planned": homework.planned,
+        "on_time": homework.on_time,
+        "late": homework.late,
+        "amounts": amounts,
+    }
+
+
+def rubric(prompts: Prompts, homework: HomeworkView) -> str:
+    """Every rubric criterion with its mark and count ("✓ concrete detail 3/3 · ✗ …"), never a bare score."""
+    t = prompts.text
+    parts = []
+    for key, (met, seen) in homework.criteria_totals().items():
+        mark = t("digest.criterion_met") if met == seen else t("digest.criterion_missed")
+        parts.append(t("digest.criterion", mark=mark, label=t(f"digest.criteria.{key}"), met=met, seen=seen))
+    return " · ".join(parts)
 
 
 def render_text(digest: ClientDigest, prompts: Prompts) -> str:
@@ -178,28 +203,10 @@ def _homework(doc: _Doc, prompts: Prompts, digest: ClientDigest, homework: Homew
     if homework.confidence is not None:
         smaller = t("digest.smaller") if homework.smaller_wanted else ""
         doc.line(t("digest.confidence", confidence=homework.confidence, smaller=smaller))
-    amounts = ", ".join(str(d.quantity) for d in homework.debriefs if d.quantity is not None) or "—"
-    doc.line(
-        t(
-            "digest.quantity",
-            attempted=homework.attempted,
-            planned=homework.planned,
-            on_time=homework.on_time,
-            late=homework.late,
-            amounts=amounts,
-        )
-    )
+    doc.line(t("digest.quantity", **quantity_fields(homework)))
     if homework.debriefs:
-        totals = homework.criteria_totals()
-        parts = []
-        for key in CRITERIA:
-            met, seen = totals[key]
-            mark = t("digest.criterion_met") if met == seen else t("digest.criterion_missed")
-            parts.append(t("digest.criterion", mark=mark, label=t(f"digest.criteria.{key}"), met=met, seen=seen))
-        doc.line(t("digest.quality", count=len(homework.debriefs), criteria=" · ".join(parts)))
-    nudged = {
-        k: homework.nudges.get(k, 0) for k in ("answered", "sent", "followed_up", "not_reviewed", "skipped", "missed")
-    }
+        doc.line(t("digest.quality", count=len(homework.debriefs), criteria=rubric(prompts, homework)))
+    nudged = {k: homework.nudges.get(k, 0) for k in NUDGE_STATUSES}
     if any(nudged.values()):
         doc.line(t("digest.nudges", **nudged))
     for debrief in homework.debriefs:

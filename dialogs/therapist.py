@@ -83,6 +83,12 @@ def _require_client(turn: Turn, rest: str, usage_key: str) -> tuple[Client, str]
     return client, remainder
 
 
+def _id_arg(text: str) -> int | None:
+    """``"#12"`` or ``"12"`` → 12; anything else → None."""
+    match = re.fullmatch(r"#?(\d{1,9})", text.strip())
+    return int(match.group(1)) if match else None
+
+
 def _when(turn: Turn, value: object) -> str:
     if not isinstance(value, datetime):
         return turn.t("common.never")
@@ -194,13 +200,13 @@ def cmd_close(turn: Turn, rest: str) -> None:
     if found is None:
         return
     client, remainder = found
-    match = re.fullmatch(r"#?(\d{1,9})", remainder.strip())
-    if match is None:
+    number = _id_arg(remainder)
+    if number is None:
         turn.say("therapist.usage", usage=turn.t("therapist.close.usage"))
         return
-    homework = turn.session.get(Homework, int(match.group(1)))
+    homework = turn.session.get(Homework, number)
     if homework is None or homework.client_id != client.id:
-        turn.say("therapist.close.not_found", client=client.name, id=match.group(1))
+        turn.say("therapist.close.not_found", client=client.name, id=number)
         return
     if homework.status == HomeworkStatus.CLOSED:
         turn.say("therapist.close.already", id=homework.id)
@@ -255,8 +261,8 @@ def cmd_debrief(turn: Turn, rest: str) -> None:
     if found is None:
         return
     client, remainder = found
-    match = re.fullmatch(r"#?(\d{1,9})", remainder.strip())
-    debrief = turn.session.get(Debrief, int(match.group(1))) if match else None
+    number = _id_arg(remainder)
+    debrief = turn.session.get(Debrief, number) if number is not None else None
     if debrief is None or debrief.client_id != client.id:
         turn.say("digest.no_such_debrief", client=client.name, id=remainder.strip()[:12] or "?")
         return
@@ -292,14 +298,14 @@ def cmd_debrief(turn: Turn, rest: str) -> None:
 
 def cmd_ack(turn: Turn, rest: str) -> None:
     """Acknowledge an urgent alert: records who and when, and stops its re-alert."""
-    number, _, note = rest.strip().partition(" ")
-    match = re.fullmatch(r"#?(\d{1,9})", number)
-    if match is None:
+    first, _, note = rest.strip().partition(" ")
+    number = _id_arg(first)
+    if number is None:
         turn.say("therapist.usage", usage=turn.t("safety.ack_usage"))
         return
-    flag = turn.session.get(SafetyFlag, int(match.group(1)))
+    flag = turn.session.get(SafetyFlag, number)
     if flag is None or flag.therapist_id != _therapist_id(turn) or flag.level != FlagLevel.CRISIS:
-        turn.say("safety.ack_unknown", id=match.group(1))
+        turn.say("safety.ack_unknown", id=number)
         return
     client = turn.session.get(Client, flag.client_id)
     if flag.acknowledged_at is not None:
