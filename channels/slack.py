@@ -230,19 +230,27 @@ class SlackChannel:
         for blocks in digest_messages(model, self.engine.prompts):
             await self.client.chat_postMessage(channel=address, text=message.text[:3000], blocks=blocks)
         if any(p.debriefs for p in model.trend):
-            from dialogs.digest_chart import adherence_png
+            # The digest is delivered; the chart is a bonus. A failed upload is
+            # logged, not retried, so the digest itself is never posted twice.
+            try:
+                await self._upload_chart(address, model)
+            except (SlackApiError, OSError) as exc:
+                log.warning("slack: the adherence chart could not be attached (%s)", exc.__class__.__name__)
 
-            png = await asyncio.to_thread(adherence_png, model, self.engine.prompts)
-            channel = address
-            if address.startswith("U"):  # files go to a conversation, not a user id
-                opened = await self.client.conversations_open(users=address)
-                channel = opened["channel"]["id"]
-            await self.client.files_upload_v2(
-                channel=channel,
-                content=png,
-                filename=f"adherence-{model.client_id}.png",
-                title=self.engine.prompts.text("digest.chart.title", client=model.client),
-            )
+    async def _upload_chart(self, address: str, model: Any) -> None:
+        from dialogs.digest_chart import adherence_png
+
+        png = await asyncio.to_thread(adherence_png, model, self.engine.prompts)
+        channel = address
+        if address.startswith("U"):  # files go to a conversation, not a user id
+            opened = await self.client.conversations_open(users=address)
+            channel = opened["channel"]["id"]
+        await self.client.files_upload_v2(
+            channel=channel,
+            content=png,
+            filename=f"adherence-{model.client_id}.png",
+            title=self.engine.prompts.text("digest.chart.title", client=model.client),
+        )
 
     def _digest_model(self, client_id: int, therapist_id: int) -> Any:
         with self.db.unit_of_work() as session:

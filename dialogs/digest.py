@@ -266,7 +266,7 @@ def _week_points(views: Sequence[DebriefView], now: datetime) -> tuple[WeekPoint
     for weeks_back in range(TREND_WEEKS - 1, -1, -1):
         start = now - DEFAULT_PERIOD * (weeks_back + 1)
         end = start + DEFAULT_PERIOD
-        week = [v for v in views if start <= v.when < end]
+        week = [v for v in views if start < v.when <= end]  # the last week ends at, and includes, now
         amounts = [v.quantity for v in week if v.quantity is not None]
         qualities = [v.quality for v in week if v.quality is not None]
         points.append(

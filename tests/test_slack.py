@@ -156,10 +156,24 @@ def test_link_invite_homework_modal_digest_and_alert(
         assert "Saved homework #1 for Sam" in texts(fake)
         assert "New homework from Dana: Breathing" in sam_chat["sam"].open()
 
-        # The digest arrives as Block Kit (and the chart once there is a trend).
+        # A debrief, then the digest arrives as Block Kit with the adherence chart attached.
+        for answer in (
+            "it calms me",
+            "8",
+            "done",
+            "Breathed for 10 minutes at 9pm in bed",
+            "it was easy",
+            "staying awake",
+            "slower breathing helps",
+            "4",
+        ):
+            sam_chat["sam"].send(answer)
         await h.command("/companion", "digest Sam")
         digest_posts = [p for p in fake.posted(DANA) if p.get("blocks") and "Digest for Sam" in json.dumps(p["blocks"])]
         assert digest_posts and digest_posts[0]["blocks"][0]["type"] == "header"
+        assert "Breathed for 10 minutes at 9pm in bed" in json.dumps(digest_posts)
+        (chart,) = fake.uploads
+        assert chart["filename"].endswith(".png") and bytes(chart["bytes"])[:8] == b"\x89PNG\r\n\x1a\n"
 
         # A crisis from Sam reaches Dana with an Acknowledge button that works.
         sam_chat["sam"].send("I'm going to kill myself tonight")

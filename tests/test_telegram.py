@@ -423,3 +423,27 @@ def test_unreachable_clients_get_no_nudges(service: Companion, fake: FakeBotAPI,
     clock.advance(hours=9)  # 18:00 in London
     sent = sweep(db=service.db, engine=service.engine).nudges
     assert sent.sent == 0 and sent.skipped == 1
+
+
+def test_a_therapist_links_telegram_and_uses_the_commands_there(
+    service: Companion, fake: FakeBotAPI, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from bot.cli import app as cli
+
+    add_therapist(service)
+    config = tmp_path / "link.yaml"
+    config.write_text(f"database:\n  path: {service.settings.url.removeprefix('sqlite:///')}\n", encoding="utf-8")
+    printed = CliRunner().invoke(cli, ["therapist", "link", "Dana", "--telegram", "--config", str(config)])
+    assert printed.exit_code == 0, printed.output
+    code = next(line.split()[-1] for line in printed.output.splitlines() if line.startswith("/start "))
+    dana = 2002
+
+    async def scenario(h: Harness) -> None:
+        assert "linked to therapist Dana" in await h.say(dana, f"/start {code}")
+        assert "Invite for Kim" in await h.say(dana, "/invite Kim")
+        assert "Kim: invited" in await h.say(dana, "/clients")
+        assert "code didn't work" in await h.say(3003, f"/start {code}")  # single use
+
+    run(service, fake, True, scenario)
