@@ -35,7 +35,7 @@ __all__ = [
     "view_submission",
 ]
 
-DEFAULT_TOKEN = "xoxb-test-token"
+DEFAULT_TOKEN = "xoxb-fake"
 DEFAULT_BOT_USER_ID = "UBOT"
 DEFAULT_BOT_ID = "B0001"
 DEFAULT_TEAM_ID = "T0001"

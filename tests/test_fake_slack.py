@@ -90,7 +90,7 @@ def test_base_url_ends_with_slash_and_server_stops() -> None:
     with pytest.raises(RuntimeError):
         _ = api.base_url
     with pytest.raises(urllib.error.URLError):
-        WebClient(token="xoxb-test-token", base_url=url, retry_handlers=[]).auth_test()
+        WebClient(token="xoxb-fake", base_url=url, retry_handlers=[]).auth_test()
 
 
 def test_auth_test_sync_and_async(fake: FakeSlackAPI, client: WebClient) -> None:
