@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import mimetypes
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,11 +16,12 @@ from datetime import datetime
 from email.message import EmailMessage as _EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
+
+from tests.fake_http import KeepAliveHandler, KeepAliveServer, close
 
 __all__ = [
     "RAW_UPLOAD",
@@ -163,48 +163,12 @@ def _tz_fields(tz: str) -> dict[str, Any]:
     return {"tz": tz, "tz_label": label, "tz_offset": seconds}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeSlackAPI) -> None:
-        self.fake = fake
-        self.idle: set[socket.socket] = set()  # keep-alive connections waiting for their next request
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+class _Server(KeepAliveServer):
+    fake: FakeSlackAPI
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # aiohttp keeps connections alive; urllib sends Connection: close
-    disable_nagle_algorithm = True
+class _Handler(KeepAliveHandler):
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self._mark_idle()
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.connections_lock:
-                self.server.idle.discard(self.connection)
-
-    def _mark_idle(self) -> None:
-        with self.server.connections_lock:
-            if self.server.fake._stopped.is_set():
-                self.close_connection = True
-            else:
-                self.server.idle.add(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
 
     def _serve(self) -> None:
         received = time.monotonic()
@@ -353,7 +317,7 @@ class FakeSlackAPI:
             if self._server is not None:
                 raise RuntimeError("FakeSlackAPI is already started")
             self._stopped.clear()
-            self._server = _Server(self)
+            self._server = _Server(self, self._stopped, _Handler)
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-slack", daemon=True
             )
@@ -368,15 +332,7 @@ class FakeSlackAPI:
             self._stopped.set()
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        with server.connections_lock:
-            connections = list(server.idle)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(timeout=2)
+        close(server, thread)
 
     def __enter__(self) -> FakeSlackAPI:
         return self.start()

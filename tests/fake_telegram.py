@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 import threading
 import time
 import zlib
@@ -15,10 +13,11 @@ from email.message import EmailMessage as _EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fake_http import KeepAliveHandler, KeepAliveServer, close
 
 __all__ = [
     "Call",
@@ -226,50 +225,12 @@ def _is_int_like(value: Any) -> bool:
     return isinstance(value, str) and re.fullmatch(r"-?\d+", value) is not None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeBotAPI) -> None:
-        self.fake = fake
-        self.idle: set[socket.socket] = set()  # keep-alive connections waiting for their next request
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+class _Server(KeepAliveServer):
+    fake: FakeBotAPI
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes; avoid the 40 ms delayed-ACK stall
+class _Handler(KeepAliveHandler):
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self._mark_idle()
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.connections_lock:
-                self.server.idle.discard(self.connection)
-
-    def _mark_idle(self) -> None:
-        # stop() sets the stopped event before it shuts the idle connections down, so a connection is
-        # either shut down by stop() or, having answered its request, closes itself here.
-        with self.server.connections_lock:
-            if self.server.fake._stopped.is_set():
-                self.close_connection = True
-            else:
-                self.server.idle.add(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
 
     def _serve(self) -> None:
         received = time.monotonic()
@@ -376,7 +337,7 @@ class FakeBotAPI:
             if self._server is not None:
                 raise RuntimeError("FakeBotAPI is already started")
             self._stopped.clear()
-            self._server = _Server(self)
+            self._server = _Server(self, self._stopped, _Handler)
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-telegram", daemon=True
             )
@@ -392,15 +353,7 @@ class FakeBotAPI:
             self._cond.notify_all()
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        with server.connections_lock:  # busy connections answer (stop woke them) and then close themselves
-            connections = list(server.idle)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(timeout=2)
+        close(server, thread)
 
     def __enter__(self) -> FakeBotAPI:
         return self.start()

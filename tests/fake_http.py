@@ -1,0 +1,80 @@
+"""The HTTP plumbing the fake platform servers share: keep-alive connections that a stop can close."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class KeepAliveServer(ThreadingHTTPServer):
+    """A loopback server on port 0 that tracks idle keep-alive connections so :func:`close` can end them.
+
+    ``stopped`` is the owning fake's stop event; ``fake`` is the fake itself,
+    for handlers to reach its state.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: Any, stopped: threading.Event, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.fake = fake
+        self.stopped = stopped
+        self.idle: set[socket.socket] = set()  # keep-alive connections waiting for their next request
+        self.connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), handler)
+
+
+class KeepAliveHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive (aiohttp and httpx keep connections open); subclasses implement ``_serve``."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; avoid the 40 ms delayed-ACK stall
+    server: KeepAliveServer
+
+    def setup(self) -> None:
+        super().setup()
+        self._mark_idle()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_lock:
+                self.server.idle.discard(self.connection)
+
+    def _mark_idle(self) -> None:
+        # close() sets the stopped event before it shuts the idle connections down, so a connection is
+        # either shut down by close() or, having answered its request, closes itself here.
+        with self.server.connections_lock:
+            if self.server.stopped.is_set():
+                self.close_connection = True
+            else:
+                self.server.idle.add(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+
+def close(server: KeepAliveServer, thread: threading.Thread | None) -> None:
+    """Shut the server down, end its idle keep-alive connections and join its thread (call after setting stopped)."""
+    server.shutdown()
+    server.server_close()
+    with server.connections_lock:  # busy connections answer (stop woke them) and then close themselves
+        connections = list(server.idle)
+    for connection in connections:
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+    if thread is not None:
+        thread.join(timeout=2)
