@@ -383,15 +383,29 @@ def _reachable(client: Client | None) -> bool:
     )
 
 
+def _local_today(zone: str | None, now: datetime) -> date:
+    local = utc_to_local(now, zone or "UTC")
+    return local.date() if local else now.date()
+
+
+def _count_against_cap(day: date | None, sent: int, today: date, cap: int) -> tuple[date, int] | None:
+    """The daily cap, in one place: the client's (day, count) after one more scheduler message, or None if full.
+
+    The count belongs to the client's local day and starts again each day.
+    """
+    if day != today:
+        sent = 0
+    return None if sent >= cap else (today, sent + 1)
+
+
 def _within_cap(client: Client, settings: DialogSettings, now: datetime) -> bool:
     """Count one scheduler message against the client's local-day cap, if there is room."""
-    local = utc_to_local(now, client.timezone or "UTC")
-    today = local.date() if local else now.date()
-    if client.scheduled_day != today:
-        client.scheduled_day, client.scheduled_count = today, 0
-    if client.scheduled_count >= settings.daily_cap:
+    counted = _count_against_cap(
+        client.scheduled_day, client.scheduled_count, _local_today(client.timezone, now), settings.daily_cap
+    )
+    if counted is None:
         return False
-    client.scheduled_count += 1
+    client.scheduled_day, client.scheduled_count = counted
     return True
 
 
@@ -509,16 +523,14 @@ def send_due_nudges(
             deferred.append(row.id)  # mid-conversation: a nudge now would be read as an answer
         else:
             zone = row.timezone or "UTC"
-            if zone not in today_in:
-                local_now = utc_to_local(now, zone)
-                today_in[zone] = local_now.date() if local_now else now.date()
+            if zone not in today_in:  # one zone conversion per zone per batch, not per row
+                today_in[zone] = _local_today(zone, now)
             day, sent_today = caps.get(row.client_id) or (row.scheduled_day, row.scheduled_count)
-            if day != today_in[zone]:
-                day, sent_today = today_in[zone], 0
-            if sent_today >= settings.daily_cap:
+            counted = _count_against_cap(day, sent_today, today_in[zone], settings.daily_cap)
+            if counted is None:
                 outcome[OccasionStatus.SKIPPED].append(row.id)
                 continue
-            caps[row.client_id] = (day, sent_today + 1)
+            caps[row.client_id] = counted
             if row.homework_id not in payloads:
                 payloads[row.homework_id] = _nudge(prompts, row.title, row.what, follow_up=False).to_payload()
             outbox.append(
