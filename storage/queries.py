@@ -78,14 +78,6 @@ def conversation(session: Session, *, channel: str, address: str, now: datetime)
     return state
 
 
-def conversation_if_exists(session: Session, *, channel: str, address: str) -> ConversationState | None:
-    return session.exec(
-        select(ConversationState)
-        .where(ConversationState.channel == channel, ConversationState.address == address)
-        .with_for_update()
-    ).first()
-
-
 # --- people ------------------------------------------------------------------
 
 
