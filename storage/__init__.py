@@ -2,6 +2,7 @@
 
 from storage.db import Database, normalise_url
 from storage.models import (
+    AuditEntry,
     Client,
     ClientStatus,
     ConversationState,
@@ -14,15 +15,19 @@ from storage.models import (
     Identity,
     Invite,
     JoinFailure,
+    LlmUsage,
     LogEntry,
     Occasion,
     OutboxMessage,
     ProcessedInbound,
     SafetyFlag,
     Therapist,
+    TherapistNote,
+    WebToken,
 )
 
 __all__ = [
+    "AuditEntry",
     "Client",
     "ClientStatus",
     "ConversationState",
@@ -36,11 +41,14 @@ __all__ = [
     "Identity",
     "Invite",
     "JoinFailure",
+    "LlmUsage",
     "LogEntry",
     "Occasion",
     "OutboxMessage",
     "ProcessedInbound",
     "SafetyFlag",
     "Therapist",
+    "TherapistNote",
+    "WebToken",
     "normalise_url",
 ]

@@ -77,6 +77,9 @@ class Therapist(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     weekly_digest: str | None = None  # "mon 08:00" local, or None for no weekly digest
     weekly_digest_due: datetime | None = _ts(index=True)  # next weekly digest, UTC
+    # "admin" may manage therapists from chat; the CLI (an operator on the host) always can.
+    role: str = "therapist"
+    disabled_at: datetime | None = _ts()  # a disabled therapist's chats are treated as strangers
 
 
 class Client(SQLModel, table=True):
@@ -294,6 +297,9 @@ class OutboxMessage(SQLModel, table=True):
     platform_id: str | None = Field(default=None, index=True)
     delivery_status: str | None = None
     error_code: str | None = None
+    # Which prompt template (and version) produced the text: "llm.reflection@2", "client.nudge@1".
+    prompt_key: str | None = None
+    prompt_version: str | None = None
 
 
 class ProcessedInbound(SQLModel, table=True):
@@ -305,3 +311,70 @@ class ProcessedInbound(SQLModel, table=True):
     channel: str
     message_id: str
     received_at: datetime = _ts(nullable=False, index=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    """One access to or change of client data: who, what, which client, when — never the content.
+
+    Append-only: the application only inserts, and the database refuses
+    UPDATE and DELETE on this table (triggers, migration 0008). ``client_id``
+    is a plain number, not a foreign key, so the entry outlives an erased
+    client; ``client_label`` keeps the name the operator knew them by, unless
+    the erasure removed that too.
+    """
+
+    __table_args__ = (Index("ix_auditentry_client_at", "client_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(nullable=False, index=True)
+    actor: str  # "therapist:3", "client:7", "operator", "system"
+    action: str  # e.g. "digest.read", "homework.set", "client.export", "client.forget", "alert.ack", "keys.rotate"
+    therapist_id: int | None = None
+    client_id: int | None = None
+    client_label: str | None = None
+    # Non-sensitive particulars only: ids, counts, channel names.
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class TherapistNote(SQLModel, table=True):
+    """A therapist's formulation note about a client (``/note NAME TEXT``): grounds reflections and rationales."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    text: str = Field(sa_type=EncryptedText)
+    created_at: datetime = _ts(nullable=False)
+
+
+class LlmUsage(SQLModel, table=True):
+    """One call to the configured language model: what it was for, the tokens it used, and how it ended."""
+
+    __table_args__ = (Index("ix_llmusage_at", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(nullable=False)
+    client_id: int | None = Field(default=None, index=True)  # no FK: usage is kept after erasure
+    purpose: str  # reflection | extraction | narrative
+    provider: str
+    model: str
+    prompt_key: str
+    prompt_version: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    outcome: str = "ok"  # ok, or "fallback:<reason>" (invalid, timeout, error, unsafe)
+
+
+class WebToken(SQLModel, table=True):
+    """A dashboard sign-in link (single use, short-lived) or a dashboard session.
+
+    Only a SHA-256 of the token is stored, so a database dump signs nobody in.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, index=True)
+    kind: str  # "link" | "session"
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
+    used_at: datetime | None = _ts()  # a link: when it was exchanged for a session; a session: signed out
+    csrf_secret: str | None = None  # sessions only
