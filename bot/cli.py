@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlmodel import Session, select
 
-from bot.config import ConfigError, Settings, load_settings
+from bot import cli_privacy, logs
+from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
 from dialogs.timeparse import resolve_timezone
@@ -36,7 +39,7 @@ def _settings(config: Path | None) -> Settings:
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings)
     return settings
 
 
@@ -56,6 +59,7 @@ def run(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="override server.host")] = None,
     port: Annotated[int | None, typer.Option(help="override server.port")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes (more than 1 needs PostgreSQL)")] = 1,
 ) -> None:
     """Start the service: upgrade the schema, then serve HTTP (health, and webhooks as channels are enabled)."""
     import uvicorn
@@ -63,8 +67,21 @@ def run(
     from bot.http import create_app
 
     companion = _companion(config)
+    if workers > 1:
+        # Each worker runs the scheduler and the outbox senders too; that is safe only
+        # where due rows and outbox rows are claimed with FOR UPDATE SKIP LOCKED.
+        if companion.db.dialect != "postgresql":
+            typer.echo("error: --workers above 1 needs PostgreSQL (DATABASE_URL)", err=True)
+            raise typer.Exit(2)
+        if companion.telegram is not None and not companion.settings.telegram.webhook_url:
+            typer.echo("error: --workers above 1 needs telegram.webhook_url (one long poller only)", err=True)
+            raise typer.Exit(2)
     host = host or companion.settings.server.host
     port = port or companion.settings.server.port
+    if (host, port) != (companion.settings.server.host, companion.settings.server.port):
+        # The web pages check where the service really listens (the demo is loopback-only) and link there.
+        server = companion.settings.server.model_copy(update={"host": host, "port": port})
+        companion.settings = companion.settings.model_copy(update={"server": server})
     logging.getLogger("companion").info(
         "database %s ready; console chats: `companion chat --as therapist:NAME` / `--as client:HANDLE`",
         companion.db.dialect,
@@ -73,17 +90,38 @@ def run(
         logging.getLogger("companion").warning(
             "no safety.crisis_resources configured: clients in crisis get only the generic emergency advice"
         )
-    app_ = create_app(companion, run_scheduler=companion.settings.scheduler.enabled)
-    uvicorn.run(app_, host=host, port=port, log_level=companion.settings.log_level.lower())
+    log_level = companion.settings.log_level.lower()
+    if workers > 1:
+        if config is not None:  # the workers read the same file
+            os.environ[CONFIG_ENV] = str(config.resolve())
+        companion.db.dispose()  # the schema is up to date; each worker builds its own companion
+        uvicorn.run(
+            "bot.http:app_from_env",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            log_config=None,
+        )
+        return
+    try:
+        app_ = create_app(companion, run_scheduler=companion.settings.scheduler.enabled)
+    except WiringError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    # log_config=None: uvicorn's loggers go through our (redacting) root handler instead of its own.
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, log_config=None)
 
 
 @app.command()
 def tick(config: ConfigOption = None) -> None:
     """Run one sweep of due work now and exit (for deployments that prefer cron to `run`'s scheduler)."""
-    from scheduler.sweep import sweep
+    from scheduler.sweep import purge, sweep
 
     companion = _companion(config)
     report = sweep(db=companion.db, engine=companion.engine)
+    purge(db=companion.db, engine=companion.engine, policy=companion.settings.retention_policy())
     n = report.nudges
     typer.echo(
         f"Sweep done: {n.sent} nudge(s) sent, {n.followed_up} follow-up(s), {n.digests} digest(s), "
@@ -133,6 +171,7 @@ def digest(
     config: ConfigOption = None,
 ) -> None:
     """Print a client's digest (or the caseload overview) as text or Markdown; optionally write the chart."""
+    from dialogs import access
     from dialogs.digest import build_caseload, build_client_digest
     from dialogs.digest_text import render_caseload_text, render_markdown, render_text
 
@@ -149,17 +188,41 @@ def digest(
                 render_caseload_text(build_caseload(session, prompts=prompts_, therapist=owner, now=now), prompts_)
             )
             return
-        client = q.client_by_name(session, therapist_id=owner.id or 0, name=name)
+        client = access.own_client_named(session, therapist_id=owner.id or 0, name=name)
         if client is None:
             typer.echo(f"error: {owner.name} has no client called {name!r}", err=True)
             raise typer.Exit(1)
         model = build_client_digest(session, prompts=prompts_, client=client, therapist=owner, now=now)
+        access.audit(session, actor=access.OPERATOR, action="digest.read", now=now, client=client)
     typer.echo(render_markdown(model, prompts_) if format_ == "md" else render_text(model, prompts_))
     if chart is not None:
         from dialogs.digest_chart import adherence_png
 
         chart.write_bytes(adherence_png(model, prompts_))
         typer.echo(f"Chart written to {chart}", err=True)
+
+
+@app.command("dashboard-link")
+def dashboard_link(name: str, config: ConfigOption = None) -> None:
+    """Print a single-use sign-in link to NAME's web dashboard (valid for web.link_ttl_minutes, 15 by default)."""
+    from datetime import timedelta
+
+    from dialogs import access, signin
+
+    companion = _companion(config, quiet=True)
+    settings = companion.settings
+    with companion.db.unit_of_work() as session:
+        therapist = q.therapist_by_name(session, name=name)
+        if therapist is None or therapist.id is None:
+            typer.echo(f"error: no therapist called {name!r}", err=True)
+            raise typer.Exit(1)
+        now = companion.clock.now()
+        token = signin.issue_link(
+            session, therapist_id=therapist.id, now=now, ttl=timedelta(minutes=settings.web.link_ttl_minutes)
+        )
+        access.audit(session, actor=access.OPERATOR, action="dashboard.link", now=now, therapist_id=therapist.id)
+    typer.echo(f"{settings.web_base_url}/dashboard/login?token={token}")
+    typer.echo(f"It signs {therapist.name} in once, within {settings.web.link_ttl_minutes} minutes.", err=True)
 
 
 def _one_therapist(session: Session, name: str | None) -> Therapist:
@@ -281,6 +344,10 @@ def keys_rotate(
             batch=batch,
             progress=lambda table, n: progress.update(task, advance=n, description=f"re-encrypting {table}"),
         )
+    with companion.db.unit_of_work() as session:
+        from dialogs import access
+
+        access.audit(session, actor=access.OPERATOR, action="keys.rotate", now=companion.clock.now(), rows=done)
     if key_file is not None:
         crypto.write_key_file(key_file, keys[:1])
         typer.echo(f"Rotated {done} row(s); {key_file} now holds only the new key. Back it up with the database.")
@@ -312,6 +379,61 @@ def db_revision(message: str, config: ConfigOption = None) -> None:
 
     companion = _companion(config)
     command.revision(alembic_config(companion.db.url), message=message, autogenerate=True)
+
+
+cli_privacy.register(app, therapist_app, lambda config: _companion(config, quiet=True))
+
+
+def _period(text: str) -> timedelta | None:
+    """``"7d"``, ``"24h"``, ``"2w"`` → the span; anything else → None."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d{1,4})\s*([hdw])\s*", text.casefold())
+    if match is None:
+        return None
+    unit = {"h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+@app.command()
+def usage(
+    period: Annotated[str, typer.Option(help="how far back: e.g. 24h, 7d, 4w")] = "7d",
+    config: ConfigOption = None,
+) -> None:
+    """LLM mode's usage per client and in total: calls, fallbacks, tokens and an estimated cost (llm.prices)."""
+    from dialogs.llm import usage_report
+    from storage import Client
+
+    span = _period(period)
+    if span is None:
+        typer.echo("error: --period must be like 24h, 7d or 4w", err=True)
+        raise typer.Exit(2)
+    companion = _companion(config, quiet=True)
+    prices = {m: (p.input_per_million, p.output_per_million) for m, p in companion.settings.llm.prices.items()}
+    since = companion.clock.now() - span
+    with companion.db.unit_of_work() as session:
+        lines, total = usage_report(session, since=since, prices=prices)
+        labels = {}
+        for line in lines:
+            client = session.get(Client, line.client_id) if line.client_id is not None else None
+            labels[line.client_id] = (
+                f"{client.name} (#{client.id})" if client else f"#{line.client_id} (erased)" if line.client_id else "—"
+            )
+    typer.echo(f"LLM usage since {since:%Y-%m-%d %H:%M} UTC ({period}):")
+    typer.echo(
+        f"{'client':<28} {'calls':>6} {'fallbacks':>9} {'input tokens':>13} {'output tokens':>13} {'est. cost':>10}"
+    )
+
+    def row(label: str, line: Any) -> str:
+        cost = f"{line.cost:.4f}" if line.cost is not None else "unpriced"
+        return (
+            f"{label[:28]:<28} {line.calls:>6} {line.fallbacks:>9} {line.input_tokens:>13} "
+            f"{line.output_tokens:>13} {cost:>10}"
+        )
+
+    for line in lines:
+        typer.echo(row(labels[line.client_id], line))
+    typer.echo(row("total", total))
 
 
 def main() -> None:

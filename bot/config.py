@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dialogs.retention import RetentionPolicy
 from dialogs.timeparse import parse_clock_time
 from dialogs.turn import DialogSettings
 
@@ -57,11 +58,21 @@ class DatabaseSettings(_Section):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Telegram updates and Slack payloads are a few KiB; larger bodies are refused (413) unread.
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A body still arriving after this many seconds is refused (408): uvicorn has no body timeout of its own.
+    body_timeout_seconds: float = Field(default=30, gt=0, le=600)
 
 
 class InviteSettings(_Section):
     ttl_days: int = Field(default=7, ge=1, le=90)
     join_failure_limit: int = Field(default=5, ge=1, le=100)
+    # Wrong codes from all chats together per hour: a guesser with many accounts or numbers
+    # is slowed as well. Codes have 31^8 values, so even this many guesses find one with a
+    # chance of about one in a billion per hour; real joiners are refused only during an attack.
+    join_failure_global_limit: int = Field(default=200, ge=1, le=100_000)
+    # A client chat silent this many days needs a new invite (see dialogs.onboarding.expire_stale_link).
+    link_idle_days: int | None = Field(default=180, ge=7, le=3650)
 
 
 class DialogConfig(_Section):
@@ -80,6 +91,13 @@ class DialogConfig(_Section):
         if not (Path(__file__).resolve().parent.parent / "prompts" / f"{value}.yaml").exists():
             raise ValueError(f"no prompts/{value}.yaml")
         return value
+
+
+class RetentionSettings(_Section):
+    """How long things are kept (see dialogs.retention); None keeps them until a client is erased."""
+
+    messages_days: int | None = Field(default=30, ge=1, le=3650)
+    records_days: int | None = Field(default=None, ge=1, le=36500)
 
 
 class SchedulerSettings(_Section):
@@ -158,6 +176,53 @@ class WhatsAppSettings(_Section):
         return urlparse(self.status_callback_url).path or "/" if self.status_callback_url else "/whatsapp/status"
 
 
+class PriceSettings(_Section):
+    """What a model costs, in the operator's currency per million tokens (for ``companion usage``)."""
+
+    input_per_million: float = Field(default=0, ge=0)
+    output_per_million: float = Field(default=0, ge=0)
+
+
+LLM_PROVIDERS: Final = ("none", "openai", "anthropic", "ollama")
+DEFAULT_MODELS: Final = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "llama3.1"}
+PROVIDER_KEYS: Final = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+class LlmSettings(_Section):
+    """LLM mode (README, "LLM mode"). ``none``, the default, makes no network call at all.
+
+    API keys come from the environment only (OPENAI_API_KEY, ANTHROPIC_API_KEY),
+    read by the provider's LangChain client; a local Ollama needs none.
+    """
+
+    provider: Literal["none", "openai", "anthropic", "ollama"] = "none"
+    model: str | None = Field(default=None, description="the provider's model name; a small default per provider")
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    timeout_seconds: float = Field(default=20, gt=0, le=120, description="a call's limit; then the scripted step")
+    max_tokens: int = Field(default=400, ge=50, le=4000)
+    base_url: str | None = Field(default=None, description="Ollama's address, or an OpenAI-compatible endpoint")
+    # Model name → price per million tokens, for the estimate in `companion usage`.
+    prices: dict[str, PriceSettings] = Field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODELS.get(self.provider, "")
+
+
+class MemorySettings(_Section):
+    """The per-client memory (LLM mode only): embedded Chroma under ``path``, or a Chroma server."""
+
+    enabled: bool = True
+    path: str = Field(default="data/memory", description="embedded Chroma directory, relative to the config file")
+    chroma_url: str | None = Field(default=None, description="a Chroma server (http://host:8000) shared by processes")
+    # Where embeddings come from: the provider's ("provider": OpenAI or Ollama embeddings), or the
+    # all-MiniLM-L6-v2 shipped in the memory-local extra ("local", also the choice with Anthropic).
+    embeddings: Literal["provider", "local"] = "provider"
+    embedding_model: str | None = Field(default=None, description="e.g. text-embedding-3-small, nomic-embed-text")
+    top_k: int = Field(default=3, ge=1, le=10)
+    timeout_seconds: float = Field(default=2, gt=0, le=30)
+
+
 class SafetySettings(_Section):
     """Crisis resources by ISO 3166 country code (taken from the client's time zone).
 
@@ -187,6 +252,28 @@ class SafetySettings(_Section):
         return value
 
 
+class WebSettings(_Section):
+    """The browser pages: the local try-it chat (``/``) and the therapist dashboard (``/dashboard``).
+
+    The try-it chat lets anyone who can open it chat as the demo therapist, so
+    it is served only on a loopback ``server.host`` unless ``demo_public``.
+    """
+
+    demo: bool | None = Field(default=None, description="serve the try-it chat; default: when no platform is set up")
+    demo_public: bool = False
+    base_url: str | None = Field(default=None, description="where therapists reach this service, for sign-in links")
+    link_ttl_minutes: int = Field(default=15, ge=1, le=60)
+    session_ttl_hours: float = Field(default=12, gt=0, le=24 * 30)
+    secure_cookies: bool | None = Field(default=None, description="default: when base_url is https")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+
 class Settings(BaseSettings):
     """Everything configurable. Precedence: environment, then config.yaml, then defaults.
 
@@ -203,10 +290,14 @@ class Settings(BaseSettings):
     dialog: DialogConfig = DialogConfig()
     safety: SafetySettings = SafetySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    retention: RetentionSettings = RetentionSettings()
     nudges: NudgeSettings = NudgeSettings()
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
     whatsapp: WhatsAppSettings = WhatsAppSettings()
+    web: WebSettings = WebSettings()
+    llm: LlmSettings = LlmSettings()
+    memory: MemorySettings = MemorySettings()
     # Secrets: environment only (load_settings refuses them in the file).
     telegram_bot_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_BOT_TOKEN")
     telegram_webhook_secret: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_WEBHOOK_SECRET")
@@ -217,6 +308,9 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
     data_key: SecretStr | None = Field(default=None, validation_alias="COMPANION_DATA_KEY")
     log_level: str = "INFO"
+    # Debug only: let client text reach the logs (SQL parameters, validation inputs). Announced at start.
+    log_text: bool = False
+    log_format: Literal["text", "json"] = "text"
 
     # Where relative paths in the file are resolved from (not a setting).
     config_dir: Path = Field(default_factory=Path.cwd, exclude=True)
@@ -247,10 +341,40 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.config_dir / self.database.path).resolve()}"
 
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """The messaging platforms configured (by their credentials or number), by name."""
+        configured = {
+            "telegram": self.telegram_bot_token is not None,
+            "slack": self.slack_bot_token is not None,
+            "whatsapp": self.whatsapp.from_number is not None,
+        }
+        return tuple(name for name, on in configured.items() if on)
+
+    @property
+    def demo_enabled(self) -> bool:
+        """Whether the try-it chat is served: as configured, else only while no platform is set up."""
+        return self.web.demo if self.web.demo is not None else not self.platforms
+
+    @property
+    def web_base_url(self) -> str:
+        """The dashboard's public address: ``web.base_url``, else this host and port (loopback for 0.0.0.0)."""
+        if self.web.base_url:
+            return self.web.base_url
+        host = self.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+        return f"http://{host}:{self.server.port}"
+
+    def retention_policy(self) -> RetentionPolicy:
+        days = self.retention.messages_days, self.retention.records_days
+        return RetentionPolicy(*(timedelta(days=d) if d is not None else None for d in days))
+
     def dialog_settings(self) -> DialogSettings:
         return DialogSettings(
             invite_ttl=timedelta(days=self.invites.ttl_days),
             join_failure_limit=self.invites.join_failure_limit,
+            join_failure_global_limit=self.invites.join_failure_global_limit,
+            link_idle=timedelta(days=self.invites.link_idle_days) if self.invites.link_idle_days else None,
             max_text_length=self.dialog.max_text_length,
             default_nudge_time=self.dialog.default_nudge_time,
             crisis_resources={k: tuple(v) for k, v in self.safety.crisis_resources.items()},
@@ -263,6 +387,8 @@ class Settings(BaseSettings):
             catch_up_grace=timedelta(minutes=self.scheduler.catch_up_grace_minutes),
             horizon_days=self.nudges.horizon_days,
             digest_lead=timedelta(hours=self.nudges.digest_lead_hours),
+            dashboard_url=f"{self.web_base_url}/dashboard",
+            dashboard_link_ttl=timedelta(minutes=self.web.link_ttl_minutes),
         )
 
 

@@ -14,13 +14,32 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from bot.limits import BodyLimit
 from bot.wiring import Companion
 from channels.base import AsyncOutputChannel
 from channels.sender import OutboxSender, RateLimiter
-from channels.telegram import ALLOWED_UPDATES, secret_matches
+from channels.telegram import ALLOWED_UPDATES, MalformedUpdate, secret_matches
 
 log = logging.getLogger("companion")
 TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker of `companion run --workers N` (a uvicorn factory).
+
+    Each worker process builds its own companion from the same configuration
+    ($COMPANION_CONFIG and the environment); the parent already upgraded the
+    schema. Every worker runs the senders and the scheduler: due rows and
+    outbox rows are claimed with ``FOR UPDATE SKIP LOCKED`` and leases, so
+    workers share that work without doing any of it twice.
+    """
+    from bot import logs
+    from bot.config import load_settings
+    from bot.wiring import build
+
+    settings = load_settings()
+    logs.configure(settings)
+    return create_app(build(settings, upgrade=False), run_scheduler=settings.scheduler.enabled)
 
 
 def create_app(companion: Companion, *, run_scheduler: bool = False, background: bool = True) -> FastAPI:
@@ -90,7 +109,10 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             from scheduler.runner import start
 
             scheduler = start(
-                db=companion.db, engine=companion.engine, interval_seconds=settings.scheduler.interval_seconds
+                db=companion.db,
+                engine=companion.engine,
+                interval_seconds=settings.scheduler.interval_seconds,
+                retention=settings.retention_policy(),
             )
         try:
             yield
@@ -105,6 +127,9 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 await telegram.stop()
 
     app = FastAPI(title="Homework Companion", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.server.max_body_bytes, timeout=settings.server.body_timeout_seconds
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -140,12 +165,14 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 return JSONResponse({"error": "bad secret"}, status_code=403)
             try:
                 data = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply to parse
                 return JSONResponse({"error": "not JSON"}, status_code=400)
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
                 return JSONResponse({"error": "not an update"}, status_code=400)
             try:
                 await telegram.process(data)
+            except MalformedUpdate:  # not an update Telegram would send: refused, nothing recorded
+                return JSONResponse({"error": "not an update"}, status_code=400)
             except Exception:  # Telegram redelivers; the update_id dedupe makes that safe
                 log.exception("telegram update %s could not be recorded", data.get("update_id"))
                 return JSONResponse({"error": "retry"}, status_code=500)
@@ -187,13 +214,42 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             return Response(status_code=204)
 
     if companion.slack is not None:
-        from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+        from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
+        from slack_sdk.signature import SignatureVerifier
 
-        slack_handler = AsyncSlackRequestHandler(companion.slack.app)
+        from channels.slack import well_formed
+
+        bolt = companion.slack.app
+        assert settings.slack_signing_secret is not None
+        verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
 
         @app.post("/slack/events")
         async def slack_events(request: Request) -> Response:
-            """Slash commands, interactivity and events; bolt verifies the signature (401 otherwise)."""
-            return await slack_handler.handle(request)
+            """Slash commands, interactivity and events: signature (401), shape (400), then bolt.
 
+            What bolt's request handler does for a POST, with two checks in
+            front: bolt parses the body before it checks the signature, and
+            both raise on malformed input (a non-numeric timestamp, invalid
+            UTF-8, a payload that is not a JSON object, JSON nested too deeply,
+            a button tap without actions, two response_urls). That is the caller's error, not
+            ours; bolt still verifies the signature again itself.
+            """
+            body = await request.body()
+            try:
+                signed = verifier.is_valid_request(body, dict(request.headers))
+            except ValueError:  # a timestamp that is not a number, a body that is not UTF-8
+                signed = False
+            if not signed:
+                return JSONResponse({"error": "invalid signature"}, status_code=401)
+            try:
+                bolt_request = to_async_bolt_request(request, body)
+            except (ValueError, TypeError, AttributeError, LookupError, RecursionError):
+                return JSONResponse({"error": "malformed request"}, status_code=400)
+            if not well_formed(bolt_request.body):
+                return JSONResponse({"error": "malformed request"}, status_code=400)
+            return to_starlette_response(await bolt.async_dispatch(bolt_request))
+
+    from bot.web import mount
+
+    mount(app, companion)  # the dashboard; the try-it chat too when enabled (refused on a public host)
     return app

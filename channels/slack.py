@@ -12,9 +12,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.base import Rejected, RetryLater, Transient, Unreachable, render_plain
 from channels.slack_blocks import alert_blocks, digest_messages
+from dialogs import access
 from dialogs.digest import build_client_digest
 from dialogs.engine import Engine
 from dialogs.homework import missing_elements
+from dialogs.llm_steps import with_narrative
 from dialogs.messages import Inbound, Outbound
 from storage import Client, Database, Therapist
 from storage import queries as q
@@ -26,6 +28,7 @@ MODAL: Final = "homework_modal"
 UNREACHABLE_ERRORS: Final = frozenset(
     {"channel_not_found", "user_not_found", "account_inactive", "is_archived", "not_in_channel", "user_disabled"}
 )
+_EVENT_OBJECTS: Final = ("message", "previous_message", "workflow_step")  # bolt calls .get() on these
 _TEXT_FIELDS: Final = ("title", "what", "when", "where", "with_whom", "record", "rationale", "due", "nudges")
 
 
@@ -66,7 +69,7 @@ class SlackChannel:
             therapist = session.get(Therapist, who.therapist_id) if who and who.therapist_id else None
             if therapist is None:
                 return None
-            return therapist, list(q.clients_of(session, therapist_id=therapist.id or 0))
+            return therapist, list(access.own_clients(session, therapist_id=therapist.id or 0))
 
     async def _companion(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """``/companion invite Sam`` is the console's ``/invite Sam``; ``/companion link CODE`` links the account.
@@ -257,9 +260,65 @@ class SlackChannel:
             client, therapist = session.get(Client, client_id), session.get(Therapist, therapist_id)
             if client is None or therapist is None:
                 return None
-            return build_client_digest(
+            model = build_client_digest(
                 session, prompts=self.engine.prompts, client=client, therapist=therapist, now=self.engine.clock.now()
             )
+            # LLM mode: the narrative this process wrote for the digest being delivered (never a new call).
+            return with_narrative(
+                session, llm=self.engine.llm, digest=model, prompts=self.engine.prompts, now=model.end, call=False
+            )
+
+
+def well_formed(body: Any) -> bool:
+    """Whether a request has the shape Slack always gives its kind; bolt and the listeners rely on it.
+
+    A slash command names its user; a button tap or a modal submission names
+    its user in ``user.id``; an event, and a message inside one, is an
+    object; actions are objects with an ``action_id``; a view is an object
+    with a ``type``, and a submitted one a ``callback_id`` and
+    ``state.values`` mapping blocks to elements to objects. Anything else is
+    not from Slack. (Bolt and its middleware index into these before any
+    listener runs, so this is checked in front of bolt.)
+    """
+    if not isinstance(body, dict):
+        return False
+    if "command" in body:
+        return isinstance(body.get("user_id"), str) and bool(body["user_id"])
+    event = body.get("event", {})
+    if not isinstance(event, dict) or not all(isinstance(event.get(k, {}), dict) for k in _EVENT_OBJECTS):
+        return False
+    actions = body.get("actions", [{"action_id": ""}])
+    if not (
+        isinstance(actions, list)
+        and actions
+        and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
+    ):
+        return False
+    view = body.get("view", {"type": ""})
+    if not (isinstance(view, dict) and isinstance(view.get("type"), str)):
+        return False
+    kind = body.get("type")
+    if kind not in ("block_actions", "view_submission"):
+        return True  # nothing of ours listens to it: bolt answers "unhandled"
+    user = body.get("user")
+    if not (isinstance(user, dict) and isinstance(user.get("id"), str) and user["id"]):
+        return False
+    if kind == "block_actions":
+        return "actions" in body
+    state = view.get("state")
+    values = state.get("values") if isinstance(state, dict) else None
+    return (
+        isinstance(view.get("callback_id"), str)
+        and isinstance(values, dict)
+        and all(
+            isinstance(block, dict)
+            and all(
+                isinstance(element, dict) and isinstance(element.get("selected_option") or {}, dict)
+                for element in block.values()
+            )
+            for block in values.values()
+        )
+    )
 
 
 def _delivery_error(exc: SlackApiError) -> Exception:

@@ -242,6 +242,9 @@ def digest_messages(digest: ClientDigest, prompts: Prompts) -> list[list[Block]]
     if digest.flags:  # risk first: what the therapist must see before anything else
         risk = [_bold(_fill(prompts, "digest.risk_header")), *(_risk_line(prompts, digest, f) for f in digest.flags)]
         first += _sections(risk)
+    if digest.narrative:  # LLM mode: a summary on top of the data, marked as the model's
+        header = _fill(prompts, "digest.narrative_header", when=_when(digest.narrative_at, tz))
+        first += _sections([_bold(header), escape(digest.narrative)])
     units: list[list[Block]] = [first]
     if not digest.homeworks:
         units.append(_sections([_bold(_fill(prompts, "digest.no_homework"))]))

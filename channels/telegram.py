@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 import warnings
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
@@ -112,6 +113,33 @@ def parse(update: Update) -> Parsed:
     )
 
 
+class MalformedUpdate(ValueError):
+    """The JSON is not an update Telegram would send (wrong types, missing parts); nothing was recorded."""
+
+
+def decode(data: dict[str, Any], bot: Bot) -> tuple[Update, Parsed]:
+    """``data`` as a PTB ``Update`` and what it means; :class:`MalformedUpdate` if it is not a real update.
+
+    PTB builds objects from whatever types it is given, so the ids and the
+    text the companion relies on are checked here, before any I/O.
+    """
+    try:
+        update = Update.de_json(data, bot)
+        parsed = parse(update)
+    except Exception as exc:  # pure parsing of untrusted JSON: any failure means the input is malformed
+        raise MalformedUpdate(exc.__class__.__name__) from exc
+    inbound = parsed.inbound
+    chats = [c for c in (parsed.group_chat, parsed.private_chat) if c is not None]
+    if (
+        not isinstance(update.update_id, int)
+        or (inbound is not None and not (isinstance(inbound.text, str) and inbound.address.lstrip("-").isdigit()))
+        or any(isinstance(c, bool) or not isinstance(c, int) for c in chats)
+        or not isinstance(parsed.callback_id, str | None)
+    ):
+        raise MalformedUpdate("wrong field types")
+    return update, parsed
+
+
 class TelegramChannel:
     """The Telegram adapter: inbound updates to the engine, outbox rows to the Bot API.
 
@@ -141,9 +169,11 @@ class TelegramChannel:
     # --- inbound ----------------------------------------------------------------------
 
     async def process(self, data: dict[str, Any]) -> None:
-        """Handle one update's JSON (from the webhook or getUpdates); raises if it could not be recorded."""
-        update = Update.de_json(data, self.bot)
-        parsed = parse(update)
+        """Handle one update's JSON (from the webhook or getUpdates); raises if it could not be recorded.
+
+        :class:`MalformedUpdate` (a ``ValueError``) means the JSON is not an update; nothing was touched.
+        """
+        update, parsed = decode(data, self.bot)
         await asyncio.to_thread(self._record, update.update_id, parsed)
         if parsed.callback_id is not None:
             await self._quietly(self.bot.answer_callback_query(parsed.callback_id))
@@ -213,17 +243,26 @@ class TelegramChannel:
     # --- outbound -----------------------------------------------------------------------
 
     async def send(self, address: str, message: Outbound) -> str | None:
+        if message.kind == "file":  # /mydata: one document rather than many messages
+            filename = str((message.ref or {}).get("filename") or "data.json")
+            await self._call(self.bot.send_document(int(address), document=message.text.encode(), filename=filename))
+            return None
         for text, markup in render(message):
-            try:
-                await self.bot.send_message(chat_id=int(address), text=text, reply_markup=markup)
-            except RetryAfter as exc:
-                raise RetryLaterError(_seconds(exc)) from exc
-            except Forbidden as exc:
-                raise Unreachable(exc.message) from exc
-            except BadRequest as exc:
-                if "chat not found" in exc.message.lower():
-                    raise Unreachable(exc.message) from exc
-                raise Rejected(exc.message) from exc
-            except (TimedOut, NetworkError) as exc:
-                raise Transient(exc.__class__.__name__) from exc
+            await self._call(self.bot.send_message(chat_id=int(address), text=text, reply_markup=markup))
         return None
+
+    @staticmethod
+    async def _call(request: Awaitable[object]) -> None:
+        """One Bot API call, its errors mapped to what the outbox sender does next."""
+        try:
+            await request
+        except RetryAfter as exc:
+            raise RetryLaterError(_seconds(exc)) from exc
+        except Forbidden as exc:
+            raise Unreachable(exc.message) from exc
+        except BadRequest as exc:
+            if "chat not found" in exc.message.lower():
+                raise Unreachable(exc.message) from exc
+            raise Rejected(exc.message) from exc
+        except (TimedOut, NetworkError) as exc:
+            raise Transient(exc.__class__.__name__) from exc

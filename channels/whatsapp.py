@@ -161,7 +161,8 @@ class WhatsAppChannel:
             log.warning("whatsapp inbound without a valid sender or MessageSid; ignored")
             return
         body = (params.get("Body") or "").strip()
-        media = int(params.get("NumMedia") or 0)
+        count = params.get("NumMedia") or "0"
+        media = int(count) if count.isascii() and count.isdigit() and len(count) <= 3 else 0  # Twilio: 0–10
         await asyncio.to_thread(self._record, address, body, media, params["MessageSid"])
 
     def _record(self, address: str, body: str, media: int, sid: str) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Final
 
-from dialogs import nudges
+from dialogs import client_data, llm_steps, nudges
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
 from dialogs.timeparse import format_local, parse_clock_time, resolve_timezone
@@ -31,7 +32,7 @@ def idle(turn: Turn) -> None:
     client = turn.client
     assert client is not None
     command, rest = split_command(turn.text)
-    if client.status == ClientStatus.STOPPED and command not in ("resume", "help"):
+    if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete"):
         turn.say("client.while_stopped")
         return
     if command is not None:
@@ -105,6 +106,49 @@ def cmd_stop(turn: Turn, _rest: str) -> None:
     turn.idle()
     turn.say("client.stopped", therapist=_therapist_name(turn))
     turn.notify_therapist(client.therapist_id, "notify.client_stopped", client=client.name)
+
+
+# --- the client's own data: a copy, and erasure ------------------------------------
+
+
+def cmd_mydata(turn: Turn, _rest: str) -> None:
+    """A copy of everything stored about this client: a file where the channel can send one, else text in parts."""
+    client = turn.client
+    assert client is not None
+    document = client_data.export(turn.session, client=client, now=turn.now, for_client=True)
+    turn.audit("client.export", client, by="client")
+    turn.say("client.mydata", therapist=_therapist_name(turn))
+    turn.say_text(
+        json.dumps(document, ensure_ascii=False, indent=1),
+        kind="file",
+        ref={"filename": f"my-data-{turn.now:%Y-%m-%d}.json"},
+    )
+
+
+def cmd_delete(turn: Turn, _rest: str) -> None:
+    turn.goto("delete", "confirm")
+    turn.say("client.delete_confirm", kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
+
+
+def delete_step(turn: Turn) -> None:
+    """After an explicit yes: erase everything, tell the therapist; this chat is a stranger's from now on."""
+    client = turn.client
+    assert client is not None and client.id is not None
+    if turn.is_("no"):
+        turn.idle()
+        turn.say("client.delete_kept")
+        return
+    if not turn.is_("confirm_delete"):
+        turn.say("client.delete_unclear", kind="choice", options=turn.yes_no())
+        return
+    therapist, name = _therapist_name(turn), client.name
+    turn.audit("client.erase", client, by="client")
+    client_data.erase(turn.session, client=client, keep_state_of=(turn.inbound.channel, turn.inbound.address))
+    turn.forgotten.append(client.id)
+    turn.client = turn.identity = None
+    turn.idle()
+    turn.say("client.deleted", therapist=therapist)
+    turn.notify_therapist(client.therapist_id, "notify.client_deleted", client=name)
 
 
 # --- receiving homework ----------------------------------------------------------
@@ -228,11 +272,15 @@ def _extras(turn: Turn, debrief: Debrief) -> tuple[Extra, ...]:
 
 
 def _ask_quantity(turn: Turn) -> None:
+    if llm_steps.confirm_quantity(turn):
+        return
     labels = {n: turn.t(f"quantity.{n}") for n in range(5)}
     turn.say("debrief.ask_quantity", kind="scale", options=turn.scale(0, 4, labels))
 
 
 def _ask_extra(turn: Turn, extra: Extra) -> None:
+    if llm_steps.confirm_extra(turn, extra):
+        return
     options = turn.scale(extra.low, extra.high) if extra.high <= 10 else ()
     turn.say_text(extra.question, kind="scale" if options else "text", options=options)
 
@@ -257,17 +305,24 @@ def debrief_step(turn: Turn) -> None:
         return
     step = turn.state.step
     if step in TEXT_STEPS:
-        setattr(debrief, step, turn.free_text())
+        setattr(debrief, step, llm_steps.text_answer(turn, debrief, step))
+        if llm_steps.reflect(turn, debrief, step, question_key=_ASK[step]):
+            turn.session.add(debrief)  # a follow-up question: its answer joins this one
+            return
     elif step.startswith("extra:"):
         extra = next((e for e in _extras(turn, debrief) if f"extra:{e.key}" == step), None)
         if extra is not None and not turn.is_("skip"):
-            value = turn.number(extra.low, extra.high)
+            value = llm_steps.confirmed(turn, extra.key)
+            if value is None:
+                value = turn.number(extra.low, extra.high)
             if value is None:
                 turn.say("debrief.bad_rating", low=extra.low, high=extra.high)
                 return
             debrief.ratings = {**debrief.ratings, extra.key: value}
     elif step == "quantity":
-        quantity = turn.number(0, 4)
+        quantity = llm_steps.confirmed(turn, "quantity")
+        if quantity is None:
+            quantity = turn.number(0, 4)
         if quantity is None:
             turn.say("debrief.bad_quantity")
             return
@@ -301,6 +356,7 @@ def obstacle_step(turn: Turn) -> None:
     if turn.state.step == "what":
         debrief.obstacle = turn.free_text()
         turn.session.add(debrief)
+        llm_steps.reflect(turn, debrief, "what", question_key="obstacle.ask_what", follow_up=False)
         turn.step("would_help")
         turn.say("obstacle.ask_would_help")
         return
@@ -442,8 +498,10 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "snooze": cmd_later,
     "timezone": cmd_timezone,
     "quiet": cmd_quiet,
+    "mydata": cmd_mydata,
+    "delete": cmd_delete,
 }
-THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest", "ack"})
+THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest", "ack", "note"})
 
 FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "delivery": lambda turn: {
@@ -454,5 +512,6 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "debrief": debrief_step,
     "obstacle": obstacle_step,
     "log": log_step,
+    "delete": delete_step,
     "snooze": lambda turn: snooze_step(turn),
 }

@@ -28,13 +28,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import or_
+from sqlalchemy import func, or_
+from sqlalchemy.orm import load_only
 from sqlmodel import Session, col, select
 
+from dialogs import access
 from dialogs.homework import SPECIFICITY
-from dialogs.messages import Outbound
+from dialogs.messages import Outbound, about_client
 from dialogs.nudges import SweepCounts, next_weekly
 from dialogs.turn import DialogSettings
 from prompts import Prompts, fold
@@ -48,10 +50,15 @@ from storage import (
     Homework,
     HomeworkStatus,
     Occasion,
+    SafetyFlag,
     Therapist,
 )
 from storage import queries as q
+from storage.crypto import EncryptedText
 from storage.models import OccasionStatus
+
+if TYPE_CHECKING:
+    from dialogs.llm import LanguageModel
 
 DEFAULT_PERIOD: Final = timedelta(days=7)
 TREND_WEEKS: Final = 4
@@ -175,6 +182,9 @@ class ClientDigest:
     trend: tuple[WeekPoint, ...]
     agenda: tuple[AgendaItem, ...]
     undeliverable: int = 0  # messages that could not be sent outside WhatsApp's 24-hour window
+    # LLM mode only: a short narrative written by the model on top of (never instead of) the data.
+    narrative: str | None = None
+    narrative_at: datetime | None = None
 
     @property
     def opted_out(self) -> bool:
@@ -312,7 +322,16 @@ def build_client_digest(
         if occasion_ids
         else {}
     )
-    all_homework = {h.id or 0: h for h in q.homeworks_of(session, client_id=client.id or 0)}
+    # Every homework's type and dates, but its (encrypted) text only for the few the digest shows.
+    all_homework = {
+        h.id or 0: h
+        for h in session.exec(
+            select(Homework)
+            .options(load_only(*_homework_plain_columns()))
+            .where(Homework.client_id == client.id)
+            .order_by(col(Homework.id))
+        )
+    }
 
     def extras(homework_id: int) -> tuple[str, ...]:
         homework = all_homework.get(homework_id)
@@ -329,6 +348,12 @@ def build_client_digest(
         for h in all_homework.values()
         if h.status == HomeworkStatus.OPEN or h.created_at >= start or any(hid == h.id for hid, _ in in_period)
     ]
+    if shown:  # now their text: one query, which fills in the rows loaded above
+        session.exec(
+            select(Homework)
+            .where(col(Homework.id).in_([h.id for h in shown]))
+            .execution_options(populate_existing=True)
+        ).all()
     homeworks = tuple(_homework_view(session, prompts, h, in_period, start, now) for h in shown)
     flags = tuple(
         FlagView(f.id or 0, f.level, tuple(f.reasons), f.created_at, f.text, f.acknowledged_at)
@@ -341,6 +366,11 @@ def build_client_digest(
         **base, homeworks=homeworks, flags=flags, logs=logs, trend=trend, agenda=(), undeliverable=undeliverable
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
+
+
+def _homework_plain_columns() -> list[Any]:
+    """Homework's columns that are not encrypted text (what listing every homework needs)."""
+    return [getattr(Homework, c.key) for c in Homework.__table__.columns if not isinstance(c.type, EncryptedText)]  # type: ignore[attr-defined]
 
 
 def _homework_view(
@@ -446,10 +476,12 @@ def build_weekly(
     """The caseload overview and every client's digest, each client's digest built once for both."""
     rows = []
     digests = []
-    for client in q.clients_of(session, therapist_id=therapist.id or 0):
+    clients = access.own_clients(session, therapist_id=therapist.id or 0)
+    facts = _attention_facts(session, [c.id or 0 for c in clients], now)
+    for client in clients:
         digest = build_client_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
         digests.append(digest)
-        attention = _attention(session, client, digest, now)
+        attention = _attention(client, digest, now, facts.get(client.id or 0, _Facts()))
         current = next((h for h in digest.homeworks if h.status == HomeworkStatus.OPEN and h.delivered), None)
         this_week = digest.trend[-1] if digest.trend else None
         rows.append(
@@ -474,10 +506,50 @@ def build_weekly(
     return caseload, tuple(digests)
 
 
-def _attention(session: Session, client: Client, digest: ClientDigest, now: datetime) -> tuple[str, ...]:
+@dataclass
+class _Facts:
+    """What the caseload's attention rules read about one client beyond the digest (no client text)."""
+
+    recent_risk: set[str] = field(default_factory=set)  # flag levels of the last 7 days
+    last_two_kinds: list[str] = field(default_factory=list)  # the latest completed debriefs' kinds
+    last_two_outcomes: list[str] = field(default_factory=list)  # the latest settled nudges' statuses
+
+
+def _attention_facts(session: Session, client_ids: list[int], now: datetime) -> dict[int, _Facts]:
+    """The attention rules' facts for a whole caseload in three queries (not three per client)."""
+    facts: dict[int, _Facts] = {cid: _Facts() for cid in client_ids}
+    if not client_ids:
+        return facts
+    for client_id, level in session.exec(
+        select(SafetyFlag.client_id, SafetyFlag.level)
+        .where(col(SafetyFlag.client_id).in_(client_ids), col(SafetyFlag.created_at) >= now - DEFAULT_PERIOD)
+        .distinct()
+    ):
+        facts[client_id].recent_risk.add(level)
+    newest = func.row_number().over(partition_by=col(Debrief.client_id), order_by=col(Debrief.started_at).desc())
+    kinds = (
+        select(col(Debrief.client_id).label("cid"), col(Debrief.kind).label("value"), newest.label("n"))
+        .where(col(Debrief.client_id).in_(client_ids), Debrief.status == DebriefStatus.COMPLETE)
+        .subquery()
+    )
+    settled = (OccasionStatus.NOT_REVIEWED, OccasionStatus.ANSWERED, OccasionStatus.MISSED)
+    latest = func.row_number().over(partition_by=col(Occasion.client_id), order_by=col(Occasion.due_at).desc())
+    outcomes = (
+        select(col(Occasion.client_id).label("cid"), col(Occasion.status).label("value"), latest.label("n"))
+        .where(col(Occasion.client_id).in_(client_ids), col(Occasion.status).in_(settled))
+        .subquery()
+    )
+    for table, attribute in ((kinds, "last_two_kinds"), (outcomes, "last_two_outcomes")):
+        for client_id, value in session.execute(
+            select(table.c.cid, table.c.value).where(table.c.n <= 2).order_by(table.c.cid, table.c.n)
+        ):
+            getattr(facts[client_id], attribute).append(value)
+    return facts
+
+
+def _attention(client: Client, digest: ClientDigest, now: datetime, facts: _Facts) -> tuple[str, ...]:
     flags: list[str] = []
-    recent_risk = q.flags_since(session, client_id=client.id or 0, since=now - DEFAULT_PERIOD)
-    if any(f.level in (FlagLevel.CRISIS, FlagLevel.CONCERN) for f in recent_risk) or any(
+    if any(level in (FlagLevel.CRISIS, FlagLevel.CONCERN) for level in facts.recent_risk) or any(
         f.level == FlagLevel.CRISIS and f.acknowledged_at is None for f in digest.flags
     ):
         flags.append("risk")
@@ -486,26 +558,8 @@ def _attention(session: Session, client: Client, digest: ClientDigest, now: date
     if client.status == ClientStatus.STOPPED:
         flags.append("opted_out")
         return tuple(flags)
-    last_two = session.exec(
-        select(Debrief)
-        .where(Debrief.client_id == client.id, Debrief.status == DebriefStatus.COMPLETE)
-        .order_by(col(Debrief.started_at).desc())
-        .limit(2)
-    ).all()
-    missed = session.exec(
-        select(Occasion.status)
-        .where(
-            Occasion.client_id == client.id,
-            or_(
-                col(Occasion.status) == OccasionStatus.NOT_REVIEWED,
-                col(Occasion.status) == OccasionStatus.ANSWERED,
-                col(Occasion.status) == OccasionStatus.MISSED,
-            ),
-        )
-        .order_by(col(Occasion.due_at).desc())
-        .limit(2)
-    ).all()
-    if (len(last_two) == 2 and all(d.kind == DebriefKind.OBSTACLE for d in last_two)) or (
+    last_two, missed = facts.last_two_kinds, facts.last_two_outcomes
+    if (len(last_two) == 2 and all(kind == DebriefKind.OBSTACLE for kind in last_two)) or (
         len(missed) == 2 and all(s != OccasionStatus.ANSWERED for s in missed)
     ):
         flags.append("not_done_twice")
@@ -536,9 +590,20 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
 
 
 def send_due_digests(
-    session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime, counts: SweepCounts
+    session: Session,
+    *,
+    prompts: Prompts,
+    settings: DialogSettings,
+    now: datetime,
+    counts: SweepCounts,
+    llm: LanguageModel | None = None,
 ) -> None:
-    """Pre-session digests (``digest_lead`` before the appointment) and weekly ones, each sent once."""
+    """Pre-session digests (``digest_lead`` before the appointment) and weekly ones, each sent once.
+
+    With ``llm`` (LLM mode) each client's digest gets a short narrative on top of its data.
+    """
+    from dialogs.llm_steps import digest_message, with_narrative
+
     clients = session.exec(
         select(Client)
         .where(
@@ -553,9 +618,10 @@ def send_due_digests(
         therapist = session.get(Therapist, client.therapist_id)
         chat = q.latest_identity(session, therapist_id=client.therapist_id)
         if therapist is not None and chat is not None:
-            text = plain_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
-            message = Outbound(text, ref=digest_ref(client))
-            q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
+            message = digest_message(session, llm=llm, prompts=prompts, client=client, therapist=therapist, now=now)
+            row = q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
+            row.prompt_key, row.prompt_version = message.prompt_key, message.prompt_version
+            access.audit(session, actor=access.SYSTEM, action="digest.sent", now=now, client=client)
             counts.digests += 1
         client.digest_sent_for = client.next_session_at
         session.add(client)
@@ -571,11 +637,25 @@ def send_due_digests(
             from dialogs.digest_text import render_caseload_text, render_text
 
             caseload, digests = build_weekly(session, prompts=prompts, therapist=therapist, now=now)
-            texts = [render_caseload_text(caseload, prompts)]
-            texts += [render_text(d, prompts) for d in digests if d.status != ClientStatus.INVITED]
-            for text in texts:
-                payload = Outbound(text).to_payload()
+            if llm is not None:
+                digests = tuple(with_narrative(session, llm=llm, digest=d, prompts=prompts, now=now) for d in digests)
+            messages = [Outbound(render_caseload_text(caseload, prompts))]
+            messages += [
+                Outbound(render_text(d, prompts), ref=about_client(d.client_id))
+                for d in digests
+                if d.status != ClientStatus.INVITED
+            ]
+            for message in messages:
+                payload = message.to_payload()
                 q.enqueue(session, channel=chat.channel, address=chat.address, payload=payload, now=now)
                 counts.digests += 1
+            access.audit(
+                session,
+                actor=access.SYSTEM,
+                action="weekly_digest.sent",
+                now=now,
+                therapist_id=therapist.id,
+                clients=len(messages) - 1,
+            )
         therapist.weekly_digest_due = next_weekly(therapist.weekly_digest or "", therapist.timezone, now)
         session.add(therapist)

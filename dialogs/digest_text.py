@@ -138,6 +138,10 @@ def _render(digest: ClientDigest, prompts: Prompts, doc: _Doc) -> str:
                     ack=ack,
                 ).rstrip()
             )
+    if digest.narrative:
+        # LLM mode: a summary on top of the data (never instead of it), marked as the model's.
+        doc.heading(t("digest.narrative_header", when=_when(digest.narrative_at, tz)))
+        doc.line(digest.narrative)
     if not digest.homeworks:
         doc.heading(t("digest.no_homework"))
     for homework in digest.homeworks:

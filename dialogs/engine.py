@@ -8,14 +8,16 @@ from typing import Final
 from sqlmodel import Session
 
 from dialogs import client as client_flows
-from dialogs import guard, onboarding, therapist
+from dialogs import guard, llm_steps, onboarding, therapist
 from dialogs.clock import Clock
 from dialogs.homework import deliver_pending
+from dialogs.llm import LanguageModel
 from dialogs.messages import Inbound
 from dialogs.turn import IDLE, DialogSettings, Turn, clean_text, split_command
 from prompts import Prompts
-from storage import Client, ClientStatus, OutboxMessage, Therapist
+from storage import ClientStatus, OutboxMessage, Therapist
 from storage import queries as q
+from storage.memory import Memory
 
 Handler = Callable[[Turn], None]
 
@@ -24,6 +26,11 @@ _CLIENT_FLOWS: Final[dict[str, Handler]] = {
     "join": lambda turn: onboarding.STEPS[turn.state.step](turn),
 }
 _THERAPIST_FLOWS: Final[dict[str, Handler]] = {therapist.DRAFT: therapist.draft_step}
+
+
+def _enabled(therapist: Therapist | None) -> Therapist | None:
+    """A disabled therapist's chats are treated as strangers' (``companion therapist disable``)."""
+    return therapist if therapist is not None and therapist.disabled_at is None else None
 
 
 class Engine:
@@ -37,10 +44,21 @@ class Engine:
     adapters deliver the outbox.
     """
 
-    def __init__(self, *, prompts: Prompts, clock: Clock, settings: DialogSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        prompts: Prompts,
+        clock: Clock,
+        settings: DialogSettings | None = None,
+        llm: LanguageModel | None = None,
+        memory: Memory | None = None,
+    ) -> None:
         self.prompts = prompts
         self.clock = clock
         self.settings = settings or DialogSettings()
+        # LLM mode (dialogs.llm_steps): both None unless an operator configured a provider.
+        self.llm = llm
+        self.memory = memory
 
     def handle(self, session: Session, inbound: Inbound) -> list[OutboxMessage]:
         """Handle ``inbound``; returns the outbox rows it queued (empty for a duplicate)."""
@@ -48,7 +66,14 @@ class Engine:
         if not q.claim_inbound(session, channel=inbound.channel, message_id=inbound.message_id, now=now):
             return []
         state = q.conversation(session, channel=inbound.channel, address=inbound.address, now=now)
-        who = q.identity(session, channel=inbound.channel, address=inbound.address)
+        who, therapist_, client_ = q.participant(session, channel=inbound.channel, address=inbound.address)
+        debrief_id = state.data.get("debrief_id")
+        # A debrief step reads its debrief and homework: one query here, none in the step. The
+        # session holds loaded rows weakly, so keep them (and a client's therapist) for the turn.
+        session.info["turn_rows"] = (
+            therapist_,
+            q.debrief_with_homework(session, debrief_id=debrief_id) if isinstance(debrief_id, int) else None,
+        )
         turn = Turn(
             session=session,
             now=now,
@@ -58,10 +83,15 @@ class Engine:
             text=clean_text(inbound.text),
             state=state,
             identity=who,
-            therapist=session.get(Therapist, who.therapist_id) if who and who.therapist_id else None,
-            client=session.get(Client, who.client_id) if who and who.client_id else None,
+            therapist=_enabled(therapist_) if who and who.therapist_id else None,
+            client=client_,
+            llm=self.llm,
+            memory=self.memory,
         )
+        changes = llm_steps.watch(turn)
+        onboarding.expire_stale_link(turn)
         self._route(turn)
+        llm_steps.remember(turn, changes)
         if turn.client is not None:
             turn.client.last_contact_at = now
             session.add(turn.client)
@@ -73,12 +103,25 @@ class Engine:
                 turn.sends.extend(messages)
         state.last_inbound_at = state.updated_at = now
         session.add(state)
-        rows = [
-            q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now)
-            for channel, address, message in turn.sends
-        ]
+        rows = []
+        for channel, address, message in turn.sends:
+            row = q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now)
+            row.prompt_key, row.prompt_version = message.prompt_key, message.prompt_version
+            rows.append(row)
         session.flush()
+        for client_id in turn.forgotten:
+            self.forget(client_id)
         return rows
+
+    def forget(self, client_id: int) -> None:
+        """Delete what the memory store holds about an erased client.
+
+        Called as the erasure is flushed, before its commit: if the commit then
+        fails, the rows stay and only derived vectors are gone (they are
+        rebuilt from the rows as the client writes again).
+        """
+        if self.memory is not None:
+            self.memory.forget(client_id)
 
     def _route(self, turn: Turn) -> None:
         # Safety first: every message not from a therapist is screened before

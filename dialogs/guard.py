@@ -14,7 +14,7 @@ from typing import Final
 
 from sqlmodel import Session, col, select
 
-from dialogs.messages import Option, Outbound
+from dialogs.messages import Option, Outbound, about_client
 from dialogs.safety import RiskAssessment, assess
 from dialogs.timeparse import format_local, zone_country
 from dialogs.turn import IDLE, DialogSettings, Turn
@@ -157,7 +157,8 @@ def alert_message(
     )
     if again:
         body = prompts.text("safety.alert_again") + "\n" + body
-    return Outbound(body, kind="alert", options=(Option(f"/ack {flag.id}", prompts.text("safety.ack_button")),))
+    ack = Option(f"/ack {flag.id}", prompts.text("safety.ack_button"))
+    return Outbound(body, kind="alert", options=(ack,), ref=about_client(flag.client_id))
 
 
 def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime) -> int:

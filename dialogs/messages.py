@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MessageKind = Literal["text", "choice", "scale", "alert"]
+MessageKind = Literal["text", "choice", "scale", "alert", "file"]
 InboundKind = Literal["text", "edited", "unsupported"]
 
 
@@ -50,6 +50,10 @@ class Outbound:
     # What the message is about, for adapters that can render it natively (a
     # digest as Block Kit with its chart); others just show ``text``.
     ref: dict[str, Any] | None = None
+    # Which template produced the text ("llm.reflection" @ "1"), recorded on its outbox row; not
+    # part of the payload, so adapters and the scripted dialog see no difference.
+    prompt_key: str | None = None
+    prompt_version: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -61,6 +65,12 @@ class Outbound:
             payload["ref"] = self.ref
         return payload
 
+    def about(self) -> int | None:
+        """The client this message is about, if any: an erasure removes it with their data."""
+        ref = self.ref or {}
+        value = ref.get("about_client", ref.get("client_id"))
+        return value if isinstance(value, int) else None
+
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Outbound:
         return cls(
@@ -69,3 +79,8 @@ class Outbound:
             options=tuple(Option(str(o["value"]), str(o["label"])) for o in payload.get("options", ())),
             ref=payload.get("ref"),
         )
+
+
+def about_client(client_id: int | None) -> dict[str, Any] | None:
+    """The ``ref`` of a message about a client (a notice, an alert, a weekly digest) that is not itself a digest."""
+    return {"about_client": client_id} if client_id is not None else None

@@ -214,11 +214,23 @@ def extend_plans(session: Session, *, settings: DialogSettings, now: datetime, l
         # Two schedulers must not extend the same plan twice (that would double its nudges).
         .with_for_update(skip_locked=True, of=Homework)
     ).all()
+    # Where each plan ends now: one grouped query for the batch, not one per homework.
+    last_days: dict[int, date] = (
+        {
+            homework_id: day
+            for homework_id, day in session.execute(
+                sa_select(col(Occasion.homework_id), func.max(col(Occasion.local_date)))
+                .where(col(Occasion.homework_id).in_([homework.id for homework, _ in rows]))
+                .group_by(col(Occasion.homework_id))
+            )
+        }
+        if rows
+        else {}
+    )
     for homework, client in rows:
-        last = session.execute(
-            sa_select(func.max(col(Occasion.local_date))).where(col(Occasion.homework_id) == homework.id)
-        ).scalar()
-        plan(session, homework=homework, client=client, settings=settings, now=now, after=last)
+        plan(
+            session, homework=homework, client=client, settings=settings, now=now, after=last_days.get(homework.id or 0)
+        )
     return len(rows)
 
 

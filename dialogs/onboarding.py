@@ -7,6 +7,9 @@ import secrets
 from collections.abc import Callable
 from typing import Final
 
+from sqlmodel import select
+
+from dialogs import access
 from dialogs.homework import deliver_pending
 from dialogs.timeparse import parse_clock_time, resolve_timezone
 from dialogs.turn import Turn, split_command
@@ -49,7 +52,10 @@ def start_join(turn: Turn, code: str) -> None:
     channel, address = turn.inbound.channel, turn.inbound.address
     since = turn.now - turn.settings.join_failure_window
     failures = q.join_failures_since(turn.session, channel=channel, address=address, since=since)
-    if failures >= turn.settings.join_failure_limit:
+    if (
+        failures >= turn.settings.join_failure_limit
+        or q.join_failures_since(turn.session, since=since) >= turn.settings.join_failure_global_limit
+    ):
         turn.say("join.rate_limited")
         return
     invite = q.usable_invite(turn.session, code=code, now=turn.now)
@@ -155,6 +161,37 @@ def nudge_time(turn: Turn) -> None:
         turn.session, prompts=turn.prompts, settings=turn.settings, client=client, now=turn.now
     )
     turn.sends.extend(messages)
+
+
+def expire_stale_link(turn: Turn) -> None:
+    """Unlink a client's chat that has been silent longer than ``link_idle`` before reading its message.
+
+    Phone numbers are recycled and accounts change hands; whoever writes from
+    a long-silent chat may not be the client. They are treated as a stranger
+    (nothing of the client's is shown, and ``/mydata`` is not theirs to ask),
+    the therapist is told, and a new invite links the client again. The
+    client's records stay with the therapist.
+    """
+    idle, last, client, link = turn.settings.link_idle, turn.state.last_inbound_at, turn.client, turn.identity
+    if idle is None or client is None or link is None or last is None or turn.now - last <= idle:
+        return
+    for invite in turn.session.exec(select(Invite).where(Invite.used_by_identity_id == link.id)).all():
+        invite.used_by_identity_id = None
+        turn.session.add(invite)
+    turn.session.flush()
+    turn.session.delete(link)
+    turn.state.flow, turn.state.step, turn.state.data = "idle", "", {}
+    access.audit(
+        turn.session,
+        actor=access.SYSTEM,
+        action="link.expired",
+        now=turn.now,
+        client=client,
+        channel=link.channel,
+        idle_days=(turn.now - last).days,
+    )
+    turn.notify_therapist(client.therapist_id, "notify.link_expired", client=client.name, days=(turn.now - last).days)
+    turn.client = turn.identity = None
 
 
 def already_joined(turn: Turn) -> bool:

@@ -9,7 +9,8 @@ from typing import Final
 
 from sqlalchemy.exc import IntegrityError
 
-from dialogs.digest import build_caseload, digest_ref, plain_digest
+from dialogs import access, llm_steps
+from dialogs.digest import build_caseload
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
     build_homework,
@@ -23,7 +24,7 @@ from dialogs.nudges import cancel_planned, next_weekly
 from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
 from dialogs.turn import Turn, split_command
-from storage import Client, ClientStatus, Debrief, FlagLevel, Homework, HomeworkStatus, SafetyFlag
+from storage import Client, ClientStatus, Debrief, FlagLevel, Homework, HomeworkStatus, TherapistNote
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS
 
@@ -64,7 +65,7 @@ def _split_client(turn: Turn, rest: str) -> tuple[Client | None, str]:
     folded = rest.casefold()
     best: tuple[Client | None, str] = (None, rest)
     best_len = -1
-    for client in q.clients_of(turn.session, therapist_id=_therapist_id(turn)):
+    for client in access.own_clients(turn.session, therapist_id=_therapist_id(turn)):
         key = client.name_key
         starts = folded == key or folded.startswith((key + " ", key + "\n"))
         if starts and len(key) > best_len:
@@ -80,6 +81,7 @@ def _require_client(turn: Turn, rest: str, usage_key: str) -> tuple[Client, str]
     if client is None:
         turn.say("therapist.no_such_client", name=rest.split("\n", 1)[0].strip()[:60])
         return None
+    turn.about = client.id
     return client, remainder
 
 
@@ -113,13 +115,15 @@ def cmd_invite(turn: Turn, rest: str) -> None:
         turn.say("therapist.usage", usage=turn.t("therapist.invite.usage"))
         return
     therapist_id = _therapist_id(turn)
-    client = q.client_by_name(turn.session, therapist_id=therapist_id, name=name)
-    if client is not None and client.status != ClientStatus.INVITED:
+    client = access.own_client_named(turn.session, therapist_id=therapist_id, name=name)
+    if client is not None and client.status != ClientStatus.INVITED and q.has_chat(turn.session, client_id=client.id):
         turn.say("therapist.invite.already_active", client=client.name)
         return
     if client is None:
         client = q.create_client(turn.session, therapist_id=therapist_id, name=name, now=turn.now)
     assert client.id is not None
+    turn.about = client.id
+    turn.audit("client.invite", client)
     for _attempt in range(5):  # a collision among 31^8 codes is rare; retry in a savepoint
         try:
             with turn.session.begin_nested():
@@ -141,10 +145,11 @@ def cmd_invite(turn: Turn, rest: str) -> None:
 
 
 def cmd_clients(turn: Turn, _rest: str) -> None:
-    clients = q.clients_of(turn.session, therapist_id=_therapist_id(turn))
+    clients = access.own_clients(turn.session, therapist_id=_therapist_id(turn))
     if not clients:
         turn.say("therapist.clients.empty")
         return
+    turn.audit("caseload.read", clients=len(clients))
     lines = [turn.t("therapist.clients.header")]
     for client in clients:
         current = q.current_homework(turn.session, client_id=client.id or 0) or q.undelivered_homework(
@@ -173,6 +178,7 @@ def cmd_homeworks(turn: Turn, rest: str) -> None:
     if found is None:
         return
     client, _ = found
+    turn.audit("homework.list", client)
     homeworks = q.homeworks_of(turn.session, client_id=client.id or 0)
     if not homeworks:
         turn.say("therapist.homeworks.empty", client=client.name)
@@ -213,6 +219,7 @@ def cmd_close(turn: Turn, rest: str) -> None:
         return
     homework.status, homework.closed_at = HomeworkStatus.CLOSED, turn.now
     turn.session.add(homework)
+    turn.audit("homework.close", client, homework_id=homework.id)
     cancel_planned(turn.session, homework_id=homework.id or 0, now=turn.now)
     turn.say("therapist.close.done", id=homework.id, title=homework.title, client=client.name)
 
@@ -236,6 +243,7 @@ def cmd_session(turn: Turn, rest: str) -> None:
         client.last_session_at = client.next_session_at
     client.next_session_at = when
     turn.session.add(client)
+    turn.audit("session.set", client)
     turn.say("therapist.session.set", client=client.name, when=_when(turn, when))
 
 
@@ -244,15 +252,37 @@ def cmd_digest(turn: Turn, rest: str) -> None:
     assert turn.therapist is not None
     if not rest.strip():
         caseload = build_caseload(turn.session, prompts=turn.prompts, therapist=turn.therapist, now=turn.now)
+        turn.audit("caseload.digest.read")
         turn.say_text(render_caseload_text(caseload, turn.prompts))
         return
     found = _require_client(turn, rest, "therapist.digest_usage")
     if found is None:
         return
-    turn.say_text(
-        plain_digest(turn.session, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now),
-        ref=digest_ref(found[0]),
+    turn.audit("digest.read", found[0])
+    # Scripted: the plain digest; LLM mode adds a short narrative on top of the data.
+    message = llm_steps.digest_message(
+        turn.session, llm=turn.llm, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now
     )
+    turn.sends.append((turn.inbound.channel, turn.inbound.address, message))
+
+
+def cmd_note(turn: Turn, rest: str) -> None:
+    """``/note NAME TEXT``: a formulation note about a client (audited); in LLM mode it grounds reflections."""
+    found = _require_client(turn, rest, "therapist.note.usage")
+    if found is None:
+        return
+    client, text = found
+    if not text.strip():
+        turn.say("therapist.usage", usage=turn.t("therapist.note.usage"))
+        return
+    note = TherapistNote(
+        client_id=client.id or 0, therapist_id=_therapist_id(turn), text=text.strip(), created_at=turn.now
+    )
+    turn.session.add(note)
+    turn.session.flush()
+    # The engine adds it to the client's memory (LLM mode) with the rest of the turn.
+    turn.audit("note.add", client, note_id=note.id)
+    turn.say("therapist.note.saved", client=client.name, id=note.id)
 
 
 def cmd_debrief(turn: Turn, rest: str) -> None:
@@ -266,6 +296,7 @@ def cmd_debrief(turn: Turn, rest: str) -> None:
     if debrief is None or debrief.client_id != client.id:
         turn.say("digest.no_such_debrief", client=client.name, id=remainder.strip()[:12] or "?")
         return
+    turn.audit("debrief.read", client, debrief_id=debrief.id)
     parts = [
         turn.t(f"digest.said_{key}", text=value)
         for key, value in (
@@ -303,17 +334,19 @@ def cmd_ack(turn: Turn, rest: str) -> None:
     if number is None:
         turn.say("therapist.usage", usage=turn.t("safety.ack_usage"))
         return
-    flag = turn.session.get(SafetyFlag, number)
-    if flag is None or flag.therapist_id != _therapist_id(turn) or flag.level != FlagLevel.CRISIS:
+    flag = access.own_flag(turn.session, therapist_id=_therapist_id(turn), flag_id=number)
+    if flag is None or flag.level != FlagLevel.CRISIS:
         turn.say("safety.ack_unknown", id=number)
         return
     client = turn.session.get(Client, flag.client_id)
+    turn.about = flag.client_id
     if flag.acknowledged_at is not None:
         turn.say("safety.ack_already", id=flag.id, when=_when(turn, flag.acknowledged_at))
         return
     flag.acknowledged_at, flag.acknowledged_by = turn.now, _therapist_id(turn)
     flag.ack_note = note.strip() or None
     turn.session.add(flag)
+    turn.audit("alert.ack", client, flag_id=flag.id)
     turn.say("safety.ack_done", id=flag.id, client=client.name if client else "", when=_when(turn, turn.now))
 
 
@@ -328,6 +361,7 @@ def cmd_resume(turn: Turn, rest: str) -> None:
         return
     client.crisis_since = None
     turn.session.add(client)
+    turn.audit("hold.resume", client)
     turn.say("safety.resumed_client", client=client.name)
 
 
@@ -352,6 +386,44 @@ def cmd_weekly(turn: Turn, rest: str) -> None:
     turn.say(
         "nudge.weekly_set", when=turn.therapist.weekly_digest, timezone=turn.therapist.timezone, next=_when(turn, due)
     )
+
+
+def cmd_dashboard(turn: Turn, _rest: str) -> None:
+    """A single-use sign-in link to the web dashboard, valid for a few minutes (see dialogs.signin)."""
+    from dialogs.signin import issue_link
+
+    ttl = turn.settings.dashboard_link_ttl
+    token = issue_link(turn.session, therapist_id=_therapist_id(turn), now=turn.now, ttl=ttl)
+    access.audit(
+        turn.session,
+        actor=access.therapist_actor(_therapist_id(turn)),
+        action="dashboard.link",
+        now=turn.now,
+        therapist_id=_therapist_id(turn),
+    )
+    link = f"{turn.settings.dashboard_url}/login?token={token}"
+    turn.say("therapist.dashboard", link=link, minutes=int(ttl.total_seconds() // 60))
+
+
+def cmd_therapists(turn: Turn, _rest: str) -> None:
+    """Admins only: every therapist with their status and caseload size (names and numbers, no client data)."""
+    assert turn.therapist is not None
+    if turn.therapist.role != "admin":
+        turn.say("therapist.admin_only")
+        return
+    lines = [turn.t("therapist.therapists_header")]
+    for other in q.therapists(turn.session):
+        lines.append(
+            turn.t(
+                "therapist.therapists_line",
+                name=other.name,
+                role=other.role,
+                status=turn.t("therapist.disabled") if other.disabled_at else turn.t("therapist.active"),
+                clients=len(access.own_clients(turn.session, therapist_id=other.id or 0)),
+            )
+        )
+    turn.audit("therapists.read")
+    turn.say_text("\n".join(lines))
 
 
 # --- the homework draft --------------------------------------------------------
@@ -425,11 +497,13 @@ def _ask(turn: Turn, field: str, client: Client) -> None:
 
 
 def _draft_client(turn: Turn) -> Client | None:
-    client = turn.session.get(Client, turn.data.get("client_id"))
-    if client is None or client.therapist_id != _therapist_id(turn):
+    client_id = turn.data.get("client_id")
+    client = access.own_client(turn.session, therapist_id=_therapist_id(turn), client_id=client_id or 0)
+    if client is None:
         turn.idle()
         turn.say("therapist.cancelled")
         return None
+    turn.about = client.id
     return client
 
 
@@ -507,6 +581,7 @@ def _save(turn: Turn, client: Client) -> None:
     homework = build_homework(draft=turn.data.get("draft", {}), client=client, now=turn.now)
     turn.session.add(homework)
     turn.session.flush()
+    turn.audit("homework.set", client, homework_id=homework.id)
     turn.idle()
     outcome, messages = deliver_pending(
         turn.session, prompts=turn.prompts, settings=turn.settings, client=client, now=turn.now
@@ -539,4 +614,7 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "resume": cmd_resume,
     "weekly": cmd_weekly,
     "debrief": cmd_debrief,
+    "dashboard": cmd_dashboard,
+    "therapists": cmd_therapists,
+    "note": cmd_note,
 }

@@ -7,14 +7,19 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlmodel import Session
 
-from dialogs.messages import Inbound, MessageKind, Option, Outbound
+from dialogs import access
+from dialogs.messages import Inbound, MessageKind, Option, Outbound, about_client
 from prompts import Prompts
 from storage import Client, ConversationState, Identity, Therapist
 from storage import queries as q
+
+if TYPE_CHECKING:
+    from dialogs.llm import LanguageModel
+    from storage.memory import Memory
 
 IDLE: Final = "idle"
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
@@ -26,6 +31,10 @@ class DialogSettings:
 
     invite_ttl: timedelta = timedelta(days=7)
     join_failure_limit: int = 5
+    join_failure_global_limit: int = 200
+    # A client chat silent this long is unlinked at its next message (a recycled number, a sold
+    # account): the new holder is a stranger until the therapist sends a new invite. None: never.
+    link_idle: timedelta | None = timedelta(days=180)
     join_failure_window: timedelta = timedelta(hours=1)
     max_text_length: int = 4000
     default_nudge_time: str = "18:00"
@@ -47,6 +56,9 @@ class DialogSettings:
     # Join-link templates per platform, e.g. "https://t.me/companion_bot?start={code}",
     # filled in at start-up by the channels that are configured.
     join_links: tuple[str, ...] = ()
+    # The dashboard's address and how long a sign-in link from /dashboard works (see bot.web).
+    dashboard_url: str = "http://127.0.0.1:8080/dashboard"
+    dashboard_link_ttl: timedelta = timedelta(minutes=15)
 
 
 def clean_text(raw: str) -> str:
@@ -89,6 +101,14 @@ class Turn:
     therapist: Therapist | None = None
     client: Client | None = None
     sends: list[tuple[str, str, Outbound]] = field(default_factory=list)
+    # LLM mode (None: scripted only); see dialogs.llm_steps. ``llm_calls`` holds the per-message budget.
+    llm: LanguageModel | None = None
+    memory: Memory | None = None
+    llm_calls: int = 0
+    # The client a therapist's command is about: its replies carry it, so an erasure finds them.
+    about: int | None = None
+    # Clients erased in this turn: the engine deletes their vectors from the memory store too.
+    forgotten: list[int] = field(default_factory=list)
 
     # --- speaking ------------------------------------------------------------
 
@@ -96,8 +116,8 @@ class Turn:
         return self.prompts.text(key, **fields)
 
     def say(self, key: str, *, kind: MessageKind = "text", options: Sequence[Option] = (), **fields: Any) -> None:
-        """Reply in the chat the message came from."""
-        self.say_text(self.t(key, **fields), kind=kind, options=options)
+        """Reply in the chat the message came from; the row records ``key`` and the catalogue's version."""
+        self.say_text(self.t(key, **fields), kind=kind, options=options, prompt=key)
 
     def say_text(
         self,
@@ -106,18 +126,36 @@ class Turn:
         kind: MessageKind = "text",
         options: Sequence[Option] = (),
         ref: dict[str, Any] | None = None,
+        prompt: str | None = None,
     ) -> None:
-        self.sends.append((self.inbound.channel, self.inbound.address, Outbound(text, kind, tuple(options), ref)))
+        ref = ref if ref is not None else about_client(self.about)
+        version = self.prompts.version if prompt is not None else None
+        message = Outbound(text, kind, tuple(options), ref, prompt_key=prompt, prompt_version=version)
+        self.sends.append((self.inbound.channel, self.inbound.address, message))
 
     def send(self, to: Identity, message: Outbound) -> None:
         """Address another chat (a client's, a therapist's); it goes through the outbox too."""
         self.sends.append((to.channel, to.address, message))
 
     def notify_therapist(self, therapist_id: int, key: str, **fields: Any) -> None:
-        """Tell a therapist something in the chat they linked most recently."""
+        """Tell a therapist something (about this turn's client) in the chat they linked most recently."""
         chat = q.latest_identity(self.session, therapist_id=therapist_id)
         if chat is not None:
-            self.send(chat, Outbound(self.t(key, **fields)))
+            about = about_client(self.client.id if self.client is not None else None)
+            message = Outbound(self.t(key, **fields), ref=about, prompt_key=key, prompt_version=self.prompts.version)
+            self.send(chat, message)
+
+    def audit(self, action: str, client: Client | None = None, **detail: Any) -> None:
+        """Record this person's access to or change of client data (never its content)."""
+        if self.therapist is not None:
+            actor, therapist_id = access.therapist_actor(self.therapist), self.therapist.id
+        elif self.client is not None:
+            actor, therapist_id = access.client_actor(self.client), self.client.therapist_id
+        else:
+            actor, therapist_id = access.SYSTEM, None
+        access.audit(
+            self.session, actor=actor, action=action, now=self.now, client=client, therapist_id=therapist_id, **detail
+        )
 
     def yes_no(self) -> tuple[Option, ...]:
         return (Option("yes", self.t("common.yes")), Option("no", self.t("common.no")))

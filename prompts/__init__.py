@@ -49,6 +49,8 @@ class Prompts:
 
     def __init__(self, data: dict[str, Any], locale: str) -> None:
         self.locale = locale
+        # The catalogue's version: outbox rows record "key" @ version for the sentence they hold.
+        self.version = str(data.get("version", "1"))
         self._flat: dict[str, Any] = {}
         self._flatten("", data)
         self._vocab = {k: frozenset(fold(w) for w in v) for k, v in data.get("vocab", {}).items()}
@@ -114,3 +116,56 @@ def load(locale: str = "en") -> Prompts:
         raise FileNotFoundError(f"no prompts for locale {locale!r} ({path})")
     with path.open(encoding="utf-8") as handle:
         return Prompts(yaml.safe_load(handle), locale)
+
+
+@dataclass(frozen=True)
+class Template:
+    """One versioned template of the LLM catalogue: ``key@version`` is what a message records."""
+
+    key: str
+    version: str
+    parts: dict[str, str]
+
+
+class LlmPrompts:
+    """One locale's LLM catalogue (prompts/llm/<locale>.yaml): versioned templates and reply rules."""
+
+    def __init__(self, data: dict[str, Any], locale: str) -> None:
+        self.locale = locale
+        self.pseudonym: str = str(data.get("pseudonym", "Client {id}"))
+        self.templates: dict[str, Template] = {}
+        self._collect("", {k: v for k, v in data.items() if k not in ("banned", "pseudonym")})
+        self.banned: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+            (reason, re.compile(pattern, re.IGNORECASE))
+            for reason, patterns in (data.get("banned") or {}).items()
+            for pattern in patterns
+        )
+
+    def _collect(self, prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            if not isinstance(value, dict):
+                continue
+            if "version" in value:
+                parts = {k: str(v) for k, v in value.items() if k != "version"}
+                self.templates[f"{prefix}{key}"] = Template(f"llm.{prefix}{key}", str(value["version"]), parts)
+            else:
+                self._collect(f"{prefix}{key}.", value)
+
+    def template(self, key: str) -> Template:
+        found = self.templates.get(key)
+        if found is None:
+            raise KeyError(f"no LLM template {key!r} in locale {self.locale!r}")
+        return found
+
+    def text(self, key: str, part: str = "text", **fields: Any) -> str:
+        template = self.template(key).parts[part]
+        return template.format(**fields) if fields else template
+
+
+@cache
+def load_llm(locale: str = "en") -> LlmPrompts:
+    path = PROMPTS_DIR / "llm" / f"{locale}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no LLM prompts for locale {locale!r} ({path})")
+    with path.open(encoding="utf-8") as handle:
+        return LlmPrompts(yaml.safe_load(handle), locale)

@@ -7,13 +7,16 @@ import logging
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from dialogs.engine import Engine
-from scheduler.sweep import sweep
+from dialogs.retention import RetentionPolicy
+from scheduler.sweep import purge, sweep
 from storage import Database
 
 log = logging.getLogger("companion.scheduler")
 
 
-def start(*, db: Database, engine: Engine, interval_seconds: float) -> AsyncIOScheduler:
+def start(
+    *, db: Database, engine: Engine, interval_seconds: float, retention: RetentionPolicy | None = None
+) -> AsyncIOScheduler:
     """Start one interval job that sweeps due work; call from inside the running event loop.
 
     There is one APScheduler job in all, never one per nudge or alert: due
@@ -31,5 +34,14 @@ def start(*, db: Database, engine: Engine, interval_seconds: float) -> AsyncIOSc
 
     scheduler = AsyncIOScheduler()
     scheduler.add_job(job, "interval", seconds=interval_seconds, max_instances=1, coalesce=True, id="sweep")
+    if retention is not None:
+
+        def purge_job() -> None:
+            try:
+                purge(db=db, engine=engine, policy=retention)
+            except Exception:
+                log.exception("retention purge failed")
+
+        scheduler.add_job(purge_job, "interval", hours=1, max_instances=1, coalesce=True, id="retention")
     scheduler.start()
     return scheduler

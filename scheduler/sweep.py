@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+from dialogs import retention
 from dialogs.digest import send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import escalate_due_alerts
 from dialogs.nudges import SweepCounts, extend_plans, follow_up, send_due_nudges
+from dialogs.retention import RetentionPolicy
 from storage import Database
 
 log = logging.getLogger("companion.scheduler")
@@ -46,8 +48,17 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
             if not follow_up(session, prompts=prompts, settings=settings, now=now, counts=counts):
                 break
     with db.unit_of_work() as session:
-        send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts)
+        send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts, llm=engine.llm)
     if escalated:
         log.warning("re-sent %d unacknowledged crisis alert(s)", escalated)
     log.info("sweep: %s", asdict(counts))
     return SweepReport(alerts_escalated=escalated, nudges=counts)
+
+
+def purge(*, db: Database, engine: Engine, policy: RetentionPolicy) -> dict[str, int]:
+    """Delete what is past its retention (dialogs.retention); hourly from the scheduler, and on `companion tick`."""
+    with db.unit_of_work() as session:
+        counts = retention.purge(session, policy=policy, now=engine.clock.now())
+    if counts:
+        log.info("retention: purged %s", counts)
+    return counts

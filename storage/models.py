@@ -139,7 +139,10 @@ class Invite(SQLModel, table=True):
 class JoinFailure(SQLModel, table=True):
     """A wrong invite code, kept to rate-limit code guessing per sender."""
 
-    __table_args__ = (Index("ix_joinfailure_sender_at", "channel", "address", "at"),)
+    __table_args__ = (
+        Index("ix_joinfailure_sender_at", "channel", "address", "at"),
+        Index("ix_joinfailure_at", "at"),  # the global limit
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str
@@ -214,6 +217,10 @@ class Debrief(SQLModel, table=True):
     would_help: str | None = Field(default=None, sa_type=EncryptedText)
     # Type-specific ratings, e.g. {"belief_before": 80, "belief_after": 40}.
     ratings: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # LLM mode only: what the model read in each answer (did it, obstacles, emotions), per step,
+    # every value marked "explicit" (the client wrote it) or "inferred". Numbers the client
+    # confirmed are in ``quantity`` and ``ratings``, never only here.
+    extracted: dict[str, Any] | None = Field(default=None, sa_column=Column(EncryptedJSON, nullable=True))
 
 
 class FlagLevel(StrEnum):
@@ -286,7 +293,7 @@ class OutboxMessage(SQLModel, table=True):
     channel: str
     address: str
     payload: dict[str, Any] = Field(sa_column=Column(EncryptedJSON, nullable=False))
-    created_at: datetime = _ts(nullable=False)
+    created_at: datetime = _ts(nullable=False, index=True)  # retention purges by it
     sent_at: datetime | None = _ts()
     attempts: int = 0
     last_error: str | None = None
@@ -319,8 +326,8 @@ class AuditEntry(SQLModel, table=True):
     Append-only: the application only inserts, and the database refuses
     UPDATE and DELETE on this table (triggers, migration 0008). ``client_id``
     is a plain number, not a foreign key, so the entry outlives an erased
-    client; ``client_label`` keeps the name the operator knew them by, unless
-    the erasure removed that too.
+    client. No names either: after an erasure the log still says what was
+    done to client #17, and nothing about who they were.
     """
 
     __table_args__ = (Index("ix_auditentry_client_at", "client_id", "at"),)
@@ -331,7 +338,6 @@ class AuditEntry(SQLModel, table=True):
     action: str  # e.g. "digest.read", "homework.set", "client.export", "client.forget", "alert.ack", "keys.rotate"
     therapist_id: int | None = None
     client_id: int | None = None
-    client_label: str | None = None
     # Non-sensitive particulars only: ids, counts, channel names.
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
@@ -362,6 +368,8 @@ class LlmUsage(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     outcome: str = "ok"  # ok, or "fallback:<reason>" (invalid, timeout, error, unsafe)
+    # The validated digest narrative (purpose "narrative" only), so every process reuses the one call per period.
+    output: str | None = Field(default=None, sa_type=EncryptedText)
 
 
 class WebToken(SQLModel, table=True):

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from storage.models import (
@@ -45,9 +46,23 @@ def name_key(name: str) -> str:
 def claim_inbound(session: Session, *, channel: str, message_id: str, now: datetime) -> bool:
     """Record ``message_id`` as handled; False if it was handled before (a redelivery).
 
-    The unique constraint makes a concurrent duplicate fail at commit, so the
-    platform retries and then sees it here; either way it is handled once.
+    One ``INSERT … ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL (one
+    round trip on every inbound message): a concurrent duplicate waits for the
+    first transaction and is then dropped, or, if that one rolled back, is
+    handled. Elsewhere the unique constraint makes a concurrent duplicate fail
+    at commit, so the platform retries and then sees it here. Either way it is
+    handled once.
     """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        inserted = session.execute(
+            upsert(ProcessedInbound)
+            .values(channel=channel, message_id=message_id, received_at=now)
+            .on_conflict_do_nothing(index_elements=["channel", "message_id"])
+            .returning(col(ProcessedInbound.id))
+        ).first()
+        return inserted is not None
     seen = session.exec(
         select(ProcessedInbound.id).where(
             ProcessedInbound.channel == channel, ProcessedInbound.message_id == message_id
@@ -85,6 +100,26 @@ def identity(session: Session, *, channel: str, address: str) -> Identity | None
     return session.exec(select(Identity).where(Identity.channel == channel, Identity.address == address)).first()
 
 
+def participant(
+    session: Session, *, channel: str, address: str
+) -> tuple[Identity | None, Therapist | None, Client | None]:
+    """Who writes from this chat, in one query: its identity, its client if any, and the therapist.
+
+    The therapist is the one the chat is linked to, or the client's own
+    therapist (the safety screen and most replies need their name).
+    """
+    row = session.exec(
+        select(Identity, Client, Therapist)
+        .outerjoin(Client, col(Client.id) == col(Identity.client_id))
+        .outerjoin(Therapist, col(Therapist.id) == func.coalesce(col(Identity.therapist_id), col(Client.therapist_id)))
+        .where(Identity.channel == channel, Identity.address == address)
+    ).first()
+    if row is None:
+        return None, None, None
+    who, client, therapist = row
+    return who, therapist, client if who.client_id else None
+
+
 def latest_identity(
     session: Session, *, client_id: int | None = None, therapist_id: int | None = None
 ) -> Identity | None:
@@ -117,8 +152,17 @@ def link_identity(
     return found
 
 
+def has_chat(session: Session, *, client_id: int | None) -> bool:
+    """Whether any chat is linked to this client (none once an idle link expired)."""
+    return session.exec(select(Identity.id).where(Identity.client_id == client_id)).first() is not None
+
+
 def therapist_by_name(session: Session, *, name: str) -> Therapist | None:
     return session.exec(select(Therapist).where(func.lower(Therapist.name) == name_key(name))).first()
+
+
+def therapists(session: Session) -> Sequence[Therapist]:
+    return session.exec(select(Therapist).order_by(col(Therapist.name))).all()
 
 
 def add_therapist(session: Session, *, name: str, timezone: str, now: datetime) -> Therapist:
@@ -165,12 +209,14 @@ def usable_invite(session: Session, *, code: str, now: datetime) -> Invite | Non
     ).first()
 
 
-def join_failures_since(session: Session, *, channel: str, address: str, since: datetime) -> int:
-    return session.exec(
-        select(func.count())
-        .select_from(JoinFailure)
-        .where(JoinFailure.channel == channel, JoinFailure.address == address, JoinFailure.at >= since)
-    ).one()
+def join_failures_since(
+    session: Session, *, since: datetime, channel: str | None = None, address: str | None = None
+) -> int:
+    """Wrong codes since ``since``: from one chat, or (without channel and address) from everyone."""
+    query = select(func.count()).select_from(JoinFailure).where(JoinFailure.at >= since)
+    if channel is not None:
+        query = query.where(JoinFailure.channel == channel, JoinFailure.address == address)
+    return session.exec(query).one()
 
 
 def record_join_failure(session: Session, *, channel: str, address: str, now: datetime) -> None:
@@ -218,6 +264,16 @@ def debrief_counts(session: Session, *, homework_ids: Sequence[int]) -> dict[int
         .group_by(col(Debrief.homework_id))
     ).all()
     return {homework_id: count for homework_id, count in rows}
+
+
+def debrief_with_homework(session: Session, *, debrief_id: int) -> tuple[Debrief, Homework] | None:
+    """A debrief and its homework in one query (while referenced, ``session.get`` finds them without SQL)."""
+    row = session.exec(
+        select(Debrief, Homework)
+        .join(Homework, col(Homework.id) == col(Debrief.homework_id))
+        .where(Debrief.id == debrief_id)
+    ).first()
+    return (row[0], row[1]) if row else None
 
 
 def debriefs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[Debrief]:

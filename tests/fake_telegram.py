@@ -315,6 +315,7 @@ class FakeBotAPI:
             for name, handler in {
                 "getMe": self._get_me,
                 "sendMessage": self._send_message,
+                "sendDocument": self._send_document,
                 "answerCallbackQuery": self._answer_callback_query,
                 "setWebhook": self._set_webhook,
                 "deleteWebhook": self._delete_webhook,
@@ -392,8 +393,12 @@ class FakeBotAPI:
             ]
 
     def texts(self, chat_id: int | str) -> list[str]:
-        """The texts successfully sent to one chat, in order."""
-        return [params["text"] for params in self.sent(chat_id)]
+        """The texts successfully sent to one chat, in order (documents are in :meth:`documents`)."""
+        return [params["text"] for params in self.sent(chat_id) if "text" in params]
+
+    def documents(self, chat_id: int | str) -> list[UploadedFile]:
+        """The files successfully sent to one chat (sendDocument), in order."""
+        return [params["document"] for params in self.sent(chat_id) if isinstance(params.get("document"), UploadedFile)]
 
     @property
     def webhook(self) -> dict[str, Any] | None:
@@ -610,6 +615,30 @@ class FakeBotAPI:
         markup = self._inline_markup(params)
         if markup is not None:
             message["reply_markup"] = markup
+        self._messages[(key, message_id)] = message
+        self._sent.append(dict(params))
+        return _ok(json.loads(json.dumps(message)))
+
+    def _send_document(self, params: dict[str, Any]) -> _Reply:
+        """A file upload (multipart): recorded with the file; the reply is a message with a document."""
+        key, chat = self._chat(params.get("chat_id"))
+        document = params.get("document")
+        if not isinstance(document, UploadedFile):
+            raise _ApiError(400, "Bad Request: there is no document in the request")
+        message_id = self._next_message_id.get(key, 0) + 1
+        self._next_message_id[key] = message_id
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": chat,
+            "from": self._bot_user(),
+            "document": {
+                "file_id": f"doc-{key}-{message_id}",
+                "file_unique_id": f"u-{key}-{message_id}",
+                "file_name": document.filename,
+                "file_size": len(document.data),
+            },
+        }
         self._messages[(key, message_id)] = message
         self._sent.append(dict(params))
         return _ok(json.loads(json.dumps(message)))

@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sqlmodel import select
+
 import prompts
+from bot.wiring import Companion
 from channels.base import render_plain
 from dialogs.messages import Option, Outbound
+from storage import OutboxMessage
+from tests.support import Chat, add_therapist, join
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"""(?:\bsay|\bt|\.text|notify_therapist)\((?:[^()"]*?,\s*)?f?"([a-z_]+\.[a-z_.{}]+)\"""")
@@ -56,3 +61,16 @@ def test_plain_rendering_of_choices_and_scales() -> None:
     scale = Outbound("How sure?", "scale", tuple(Option(str(n), str(n)) for n in range(11)))
     assert render_plain(scale) == "How sure?\n(0–10)"
     assert render_plain(Outbound("Hi")) == "Hi"
+
+
+def test_every_reply_records_the_sentence_it_came_from(sqlite_companion: Companion) -> None:
+    """Outbox rows say which prompt key (and catalogue version) produced their text, for review and audits."""
+    add_therapist(sqlite_companion)
+    dana = Chat(sqlite_companion, "therapist", "Dana")
+    join(sqlite_companion, dana, "Sam", "sam")
+    with sqlite_companion.db.unit_of_work() as session:
+        rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        keys = [(row.prompt_key, row.prompt_version) for row in rows]
+    version = sqlite_companion.engine.prompts.version
+    assert ("join.consent", version) in keys and ("join.done", version) in keys
+    assert ("notify.client_joined", version) in keys

@@ -408,6 +408,44 @@ def test_the_rate_limiter_spaces_sends_without_real_waiting() -> None:
     assert len(times[3:]) / (times[-1] - times[3] + 1 / 30) <= 30.0 + 1e-6
 
 
+def test_concurrent_senders_queue_for_slots_instead_of_sharing_one() -> None:
+    """The sender serves several chats at once: each caller reserves its slot before it sleeps."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(0)  # the other callers run meanwhile, as during a real wait
+
+    limiter = RateLimiter(10, 1, monotonic=lambda: 0.0, sleep=sleep)  # all twenty arrive at t=0
+
+    async def scenario() -> None:
+        await asyncio.gather(*(limiter.acquire(str(n)) for n in range(20)))
+
+    asyncio.run(scenario())
+    # One slot each, 0.1 s apart (10 per second); none shares a slot with another.
+    assert sorted(slept) == pytest.approx([0.1 * k for k in range(1, 20)])
+
+
+def test_many_chats_are_delivered_concurrently_and_each_in_order(service: Companion, fake: FakeBotAPI) -> None:
+    """Sixty chats with three messages each: every chat sees its own messages in the order they were queued."""
+    from storage import queries as q
+
+    async def scenario(h: Harness) -> None:
+        with service.db.unit_of_work() as session:
+            for n in range(3):
+                for chat in range(2000, 2060):
+                    payload = Outbound(f"message {n} to {chat}").to_payload()
+                    q.enqueue(session, channel="telegram", address=str(chat), payload=payload, now=service.clock.now())
+        await h.deliver()
+        for chat in range(2000, 2060):
+            assert fake.texts(chat) == [f"message {n} to {chat}" for n in range(3)]
+        with service.db.unit_of_work() as session:
+            pending = session.exec(select(OutboxMessage).where(OutboxMessage.sent_at == None)).all()  # noqa: E711
+            assert pending == []
+
+    run(service, fake, True, scenario)
+
+
 def test_unreachable_clients_get_no_nudges(service: Companion, fake: FakeBotAPI, clock: FrozenClock) -> None:
     async def scenario(h: Harness) -> None:
         await joined(service)(h)
