@@ -63,7 +63,9 @@ def register(app: typer.Typer, therapist_app: typer.Typer, companion_for: Callab
         companion = companion_for(config)
         with companion.db.unit_of_work() as session:
             client = _client(session, name, therapist)
-            document = client_data.export(session, client=client, now=companion.clock.now(), for_client=False)
+            document = client_data.export(
+                session, prompts=companion.engine.prompts, client=client, now=companion.clock.now(), for_client=False
+            )
             access.audit(
                 session, actor=access.OPERATOR, action="client.export", now=companion.clock.now(), client=client
             )

@@ -11,7 +11,8 @@ from typing import Final, TextIO
 
 from channels.base import render_plain
 from dialogs.engine import Engine
-from dialogs.messages import Inbound, Outbound
+from dialogs.messages import Inbound
+from dialogs.nudges import outbound
 from storage import Database
 from storage import queries as q
 
@@ -73,7 +74,7 @@ class ConsoleChannel:
         printed = 0
         with self.db.unit_of_work() as session:
             for row in q.pending_outbox(session, channel=NAME, address=self.chat, limit=1000):
-                self.out.write(render_plain(Outbound.from_payload(row.payload)) + "\n\n")
+                self.out.write(render_plain(outbound(session, self.engine.prompts, row.payload)) + "\n\n")
                 self.out.flush()
                 q.mark_sent(session, message=row, now=self.engine.clock.now())
                 printed += 1

@@ -17,9 +17,10 @@ from sqlmodel import col, select
 from channels.base import AsyncOutputChannel, Rejected, RetryLater, Undeliverable, Unreachable
 from dialogs.clock import Clock
 from dialogs.messages import Outbound
+from dialogs.nudges import outbound
 from dialogs.presence import set_reachable
 from prompts import Prompts
-from storage import Database, OutboxMessage
+from storage import Database, Homework, OutboxMessage
 
 log = logging.getLogger("companion.sender")
 MAX_BACKOFF: Final = timedelta(minutes=10)
@@ -161,7 +162,14 @@ class OutboxSender:
             for row in rows:
                 row.claimed_until = now + self.lease
                 session.add(row)
-            return [_Claimed(r.id or 0, r.address, dict(r.payload), r.attempts) for r in rows]
+            # Reminders are stored by reference: render them now, their homework loaded in one query.
+            referenced = {r.payload.get("ref", {}).get("homework_id") for r in rows} - {None}
+            if referenced:
+                session.exec(select(Homework).where(col(Homework.id).in_(referenced))).all()
+            return [
+                _Claimed(r.id or 0, r.address, outbound(session, self.prompts, r.payload).to_payload(), r.attempts)
+                for r in rows
+            ]
 
     def _release(self, row_ids: list[int]) -> None:
         with self.db.unit_of_work() as session:

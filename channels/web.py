@@ -9,6 +9,7 @@ from sqlmodel import col, select
 
 from dialogs.engine import Engine
 from dialogs.messages import Inbound, Outbound
+from dialogs.nudges import outbound
 from storage import Database, OutboxMessage
 from storage import queries as q
 
@@ -79,5 +80,5 @@ class WebChannel:
             for row in rows:
                 if row.sent_at is None:
                     q.mark_sent(session, message=row, now=now)
-                shown.append(render(row.id or 0, Outbound.from_payload(row.payload)))
+                shown.append(render(row.id or 0, outbound(session, self.engine.prompts, row.payload)))
         return shown

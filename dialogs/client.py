@@ -115,7 +115,7 @@ def cmd_mydata(turn: Turn, _rest: str) -> None:
     """A copy of everything stored about this client: a file where the channel can send one, else text in parts."""
     client = turn.client
     assert client is not None
-    document = client_data.export(turn.session, client=client, now=turn.now, for_client=True)
+    document = client_data.export(turn.session, prompts=turn.prompts, client=client, now=turn.now, for_client=True)
     turn.audit("client.export", client, by="client")
     turn.say("client.mydata", therapist=_therapist_name(turn))
     turn.say_text(

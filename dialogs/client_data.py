@@ -26,6 +26,8 @@ from sqlalchemy import delete, tuple_
 from sqlmodel import Session, SQLModel, col, select
 
 from dialogs.messages import Outbound
+from dialogs.nudges import outbound
+from prompts import Prompts
 from storage import (
     Client,
     ConversationState,
@@ -105,7 +107,7 @@ def _outbox_about(session: Session, client_id: int, skip: set[int]) -> Iterator[
         last = batch[-1].id or last
 
 
-def export(session: Session, *, client: Client, now: datetime, for_client: bool) -> dict[str, Any]:
+def export(session: Session, *, prompts: Prompts, client: Client, now: datetime, for_client: bool) -> dict[str, Any]:
     """Everything stored about ``client``, decrypted, as JSON-ready data.
 
     ``for_client`` (``/mydata``) gives the client what they wrote and were
@@ -132,7 +134,7 @@ def export(session: Session, *, client: Client, now: datetime, for_client: bool)
             "at": row.created_at.isoformat(),
             "sent_at": row.sent_at.isoformat() if row.sent_at else None,
             "channel": row.channel,
-            "text": Outbound.from_payload(row.payload).text,
+            "text": outbound(session, prompts, row.payload).text,
         }
         for row in _outbox_to(session, chats)
     ]

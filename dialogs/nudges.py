@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import func, insert, literal, tuple_, update
 from sqlalchemy import select as sa_select
@@ -421,6 +421,30 @@ def _within_cap(client: Client, settings: DialogSettings, now: datetime) -> bool
     return True
 
 
+def reminder_payload(prompts: Prompts, homework_id: int, *, follow_up: bool) -> dict[str, Any]:
+    """A reminder as the outbox stores it: by reference, with no client text.
+
+    The sweep queues thousands at a time; decrypting each homework's title
+    and encrypting it again into the payload was half its cost. The text is
+    rendered when the row is read for delivery (:func:`outbound`), from the
+    homework as it is then.
+    """
+    kind = "follow_up" if follow_up else "nudge"
+    payload = _nudge(prompts, "", None, follow_up=follow_up).to_payload()
+    return {**payload, "text": "", "ref": {"type": kind, "homework_id": homework_id}}
+
+
+def outbound(session: Session, prompts: Prompts, payload: dict[str, Any]) -> Outbound:
+    """An outbox row's message, ready to deliver: a reminder stored by reference is rendered now."""
+    ref = payload.get("ref") or {}
+    homework_id = ref.get("homework_id")
+    if ref.get("type") not in ("nudge", "follow_up") or not isinstance(homework_id, int) or payload.get("text"):
+        return Outbound.from_payload(payload)
+    homework = session.get(Homework, homework_id)
+    title = homework.title if homework is not None else prompts.text("nudge.homework_gone")
+    return _nudge(prompts, title, homework.what if homework else None, follow_up=ref["type"] == "follow_up")
+
+
 def _nudge(prompts: Prompts, title: str, what: str | None, *, follow_up: bool) -> Outbound:
     """The reminder (or the follow-up), with a ``ref`` so adapters can use a template where they must."""
     key = "nudge.follow_up" if follow_up else "nudge.reminder"
@@ -471,8 +495,6 @@ def send_due_nudges(
             col(Client.scheduled_day),
             col(Client.scheduled_count),
             col(Homework.status).label("homework_status"),
-            col(Homework.title),
-            col(Homework.what),
         )
         .join(Client, col(Client.id) == col(Occasion.client_id))
         .join(Homework, col(Homework.id) == col(Occasion.homework_id))
@@ -544,7 +566,7 @@ def send_due_nudges(
                 continue
             caps[row.client_id] = counted
             if row.homework_id not in payloads:
-                payloads[row.homework_id] = _nudge(prompts, row.title, row.what, follow_up=False).to_payload()
+                payloads[row.homework_id] = reminder_payload(prompts, row.homework_id, follow_up=False)
             outbox.append(
                 {
                     "channel": chat[0],
@@ -624,8 +646,8 @@ def follow_up(
         )
         if sendable:
             assert chat is not None and homework is not None
-            message = _nudge(prompts, homework.title, homework.what, follow_up=True)
-            q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
+            payload = reminder_payload(prompts, homework.id or 0, follow_up=True)
+            q.enqueue(session, channel=chat.channel, address=chat.address, payload=payload, now=now)
             occasion.status, occasion.followed_up_at = OccasionStatus.FOLLOWED_UP, now
             counts.followed_up += 1
         else:

@@ -152,6 +152,23 @@ def test_the_nudge_arrives_with_done_didnt_and_later(sqlite_companion: Companion
     assert len(answered) == 1
 
 
+def test_a_queued_reminder_holds_no_client_text_and_shows_the_homework_as_it_is_when_sent(
+    sqlite_companion: Companion, clock: FrozenClock
+) -> None:
+    """Reminders are queued by reference (the sweep's hot path encrypts no client text) and rendered on delivery."""
+    setup(sqlite_companion)
+    clock.set(datetime(2026, 11, 23, 18, 0, tzinfo=UTC))
+    tick(sqlite_companion)
+    with sqlite_companion.db.unit_of_work() as session:
+        row = session.exec(select(OutboxMessage).order_by(OutboxMessage.id.desc())).first()  # type: ignore[union-attr]
+        assert row is not None and row.payload["ref"]["type"] == "nudge"
+        assert "Evening walk" not in str(row.payload) and "20 minute" not in str(row.payload)
+        homework = session.exec(select(Homework)).one()
+        homework.title = "Morning walk"  # corrected before the reminder went out
+        session.add(homework)
+    assert "A reminder for “Morning walk”" in Chat(sqlite_companion, "client", "sam").open()
+
+
 def test_snooze_later_then_three_hours(sqlite_companion: Companion, clock: FrozenClock) -> None:
     _, sam = setup(sqlite_companion, nudges="12:00")
     clock.set(datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
