@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Final
 
+from sqlalchemy import insert
 from sqlmodel import Session
 
 from dialogs import client as client_flows
@@ -26,6 +28,8 @@ _CLIENT_FLOWS: Final[dict[str, Handler]] = {
     "join": lambda turn: onboarding.STEPS[turn.state.step](turn),
 }
 _THERAPIST_FLOWS: Final[dict[str, Handler]] = {therapist.DRAFT: therapist.draft_step}
+# A client's last contact is kept to the minute (the caseload shows it; "silent" counts days).
+LAST_CONTACT_RESOLUTION: Final = timedelta(minutes=1)
 
 
 def _enabled(therapist: Therapist | None) -> Therapist | None:
@@ -60,13 +64,14 @@ class Engine:
         self.llm = llm
         self.memory = memory
 
-    def handle(self, session: Session, inbound: Inbound) -> list[OutboxMessage]:
-        """Handle ``inbound``; returns the outbox rows it queued (empty for a duplicate)."""
+    def handle(self, session: Session, inbound: Inbound) -> int:
+        """Handle ``inbound``; returns how many outbox messages it queued (0 for a duplicate)."""
         now = self.clock.now()
         if not q.claim_inbound(session, channel=inbound.channel, message_id=inbound.message_id, now=now):
-            return []
-        state = q.conversation(session, channel=inbound.channel, address=inbound.address, now=now)
-        who, therapist_, client_ = q.participant(session, channel=inbound.channel, address=inbound.address)
+            return 0
+        state, who, therapist_, client_ = q.chat_context(
+            session, channel=inbound.channel, address=inbound.address, now=now
+        )
         debrief_id = state.data.get("debrief_id")
         # A debrief step reads its debrief and homework: one query here, none in the step. The
         # session holds loaded rows weakly, so keep them (and a client's therapist) for the turn.
@@ -93,8 +98,10 @@ class Engine:
         self._route(turn)
         llm_steps.remember(turn, changes)
         if turn.client is not None:
-            turn.client.last_contact_at = now
-            session.add(turn.client)
+            last = turn.client.last_contact_at
+            if last is None or now - last >= LAST_CONTACT_RESOLUTION:  # an UPDATE less per message in a burst
+                turn.client.last_contact_at = now
+                session.add(turn.client)
             if state.flow == IDLE:
                 # A homework set while this client was busy goes out now.
                 _, messages = deliver_pending(
@@ -103,15 +110,24 @@ class Engine:
                 turn.sends.extend(messages)
         state.last_inbound_at = state.updated_at = now
         session.add(state)
-        rows = []
-        for channel, address, message in turn.sends:
-            row = q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now)
-            row.prompt_key, row.prompt_version = message.prompt_key, message.prompt_version
-            rows.append(row)
         session.flush()
+        queued = [
+            {
+                "channel": channel,
+                "address": address,
+                "payload": message.to_payload(),
+                "created_at": now,
+                "attempts": 0,
+                "prompt_key": message.prompt_key,
+                "prompt_version": message.prompt_version,
+            }
+            for channel, address, message in turn.sends
+        ]
+        if queued:  # one multi-row INSERT, in the order said
+            session.execute(insert(OutboxMessage), queued)
         for client_id in turn.forgotten:
             self.forget(client_id)
-        return rows
+        return len(queued)
 
     def forget(self, client_id: int) -> None:
         """Delete what the memory store holds about an erased client.

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, Final
 
-from sqlalchemy import func, tuple_
+from sqlalchemy import bindparam, func, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -55,14 +56,8 @@ def claim_inbound(session: Session, *, channel: str, message_id: str, now: datet
     """
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        inserted = session.execute(
-            upsert(ProcessedInbound)
-            .values(channel=channel, message_id=message_id, received_at=now)
-            .on_conflict_do_nothing(index_elements=["channel", "message_id"])
-            .returning(col(ProcessedInbound.id))
-        ).first()
-        return inserted is not None
+        params = {"channel": channel, "message_id": message_id, "received_at": now}
+        return session.execute(_claim_statement(dialect), params).first() is not None
     seen = session.exec(
         select(ProcessedInbound.id).where(
             ProcessedInbound.channel == channel, ProcessedInbound.message_id == message_id
@@ -72,6 +67,18 @@ def claim_inbound(session: Session, *, channel: str, message_id: str, now: datet
         return False
     session.add(ProcessedInbound(channel=channel, message_id=message_id, received_at=now))
     return True
+
+
+@cache
+def _claim_statement(dialect: str) -> Any:
+    """Built once per dialect: on the inbound hot path, building the statement cost more than running it."""
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        upsert(ProcessedInbound)
+        .values(channel=bindparam("channel"), message_id=bindparam("message_id"), received_at=bindparam("received_at"))
+        .on_conflict_do_nothing(index_elements=["channel", "message_id"])
+        .returning(col(ProcessedInbound.id))
+    )
 
 
 def conversation(session: Session, *, channel: str, address: str, now: datetime) -> ConversationState:
@@ -98,6 +105,41 @@ def conversation(session: Session, *, channel: str, address: str, now: datetime)
 
 def identity(session: Session, *, channel: str, address: str) -> Identity | None:
     return session.exec(select(Identity).where(Identity.channel == channel, Identity.address == address)).first()
+
+
+_CHAT_CONTEXT: Final = (  # built once: see _claim_statement
+    select(ConversationState, Identity, Client, Therapist)
+    .outerjoin(
+        Identity,
+        (col(Identity.channel) == col(ConversationState.channel))
+        & (col(Identity.address) == col(ConversationState.address)),
+    )
+    .outerjoin(Client, col(Client.id) == col(Identity.client_id))
+    .outerjoin(Therapist, col(Therapist.id) == func.coalesce(col(Identity.therapist_id), col(Client.therapist_id)))
+    .where(
+        col(ConversationState.channel) == bindparam("channel"), col(ConversationState.address) == bindparam("address")
+    )
+    .with_for_update(of=ConversationState)
+)
+
+
+def chat_context(
+    session: Session, *, channel: str, address: str, now: datetime
+) -> tuple[ConversationState, Identity | None, Therapist | None, Client | None]:
+    """A turn's starting point in one query: the chat's state (locked, as :func:`conversation`) and who writes.
+
+    The state row is locked ``FOR UPDATE`` alone (the joined rows are only
+    read). A chat seen for the first time has no state yet: it is created
+    and the participant looked up separately.
+    """
+    row = session.exec(_CHAT_CONTEXT, params={"channel": channel, "address": address}).first()
+    if row is None:
+        state = conversation(session, channel=channel, address=address, now=now)
+        return (state, *participant(session, channel=channel, address=address))
+    state, who, client, therapist = row
+    if who is None:
+        return state, None, None, None
+    return state, who, therapist, client if who.client_id else None
 
 
 def participant(
@@ -268,12 +310,15 @@ def debrief_counts(session: Session, *, homework_ids: Sequence[int]) -> dict[int
 
 def debrief_with_homework(session: Session, *, debrief_id: int) -> tuple[Debrief, Homework] | None:
     """A debrief and its homework in one query (while referenced, ``session.get`` finds them without SQL)."""
-    row = session.exec(
-        select(Debrief, Homework)
-        .join(Homework, col(Homework.id) == col(Debrief.homework_id))
-        .where(Debrief.id == debrief_id)
-    ).first()
+    row = session.exec(_DEBRIEF_WITH_HOMEWORK, params={"debrief_id": debrief_id}).first()
     return (row[0], row[1]) if row else None
+
+
+_DEBRIEF_WITH_HOMEWORK: Final = (  # built once: see _claim_statement
+    select(Debrief, Homework)
+    .join(Homework, col(Homework.id) == col(Debrief.homework_id))
+    .where(col(Debrief.id) == bindparam("debrief_id"))
+)
 
 
 def debriefs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[Debrief]:
