@@ -20,9 +20,7 @@ CI runs a fixed, derandomized sample; a longer run:
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from sqlalchemy import inspect, text
@@ -45,14 +43,11 @@ from tests.conftest import MONDAY, make_companion
 from tests.fake_slack import FakeSlackAPI, block_action, sign, slash_command, view_submission
 from tests.fake_telegram import FakeBotAPI, callback_update, message_update, my_chat_member_update
 from tests.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, inbound_message, status_callback
+from tests.fuzzing import HOSTILE as BASE_HOSTILE
+from tests.fuzzing import fuzz_settings, json_strategies, mutate
+from tests.fuzzing import junk_bodies as _junk
 
-EXAMPLES: Final = int(os.environ.get("COMPANION_FUZZ_EXAMPLES", "60"))
-FUZZ: Final = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-)
+FUZZ: Final = fuzz_settings(60)
 MAX_BODY: Final = 64 * 1024  # small, so "over the limit" bodies stay cheap to generate
 TELEGRAM_SECRET: Final = "fuzz-hook-secret"
 SLACK_SECRET: Final = "fuzz-slack-signing-secret"
@@ -64,27 +59,7 @@ INBOUND_TABLES: Final = frozenset(
     {"processedinbound", "conversationstate", "outboxmessage", "joinfailure", "logentry", "auditentry"}
 )
 
-HOSTILE: Final = [
-    "",
-    " ",
-    "\x00",
-    "\ud7ff\ufeff\u202e",
-    "🙂" * 50,
-    "' OR 1=1 --",
-    "<script>alert(1)</script>",
-    "${jndi:ldap://x}",
-    "{{7*7}}",
-    "../../etc/passwd",
-    "%s%s%n",
-    "-1",
-    "1e309",
-    "NaN",
-    "99999999999999999999999999",
-    "/start",
-    "/start AAAAAAAA",
-    "join ZZZZZZZZ",
-    "whatsapp:+447700900123",
-]
+HOSTILE: Final = [*BASE_HOSTILE, "/start", "join ZZZZZZZZ", "whatsapp:+447700900123"]
 CONTENT_TYPES: Final = [
     "application/json",
     "application/json; charset=latin-1",
@@ -98,45 +73,13 @@ CONTENT_TYPES: Final = [
     "garbage/;;;=",
 ]
 
-hostile_text = st.one_of(
-    st.sampled_from(HOSTILE), st.text(max_size=80), st.integers(1000, 20_000).map(lambda n: "a" * n)
-)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    hostile_text,
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(hostile_text, children, max_size=4),
-    max_leaves=12,
-)
-
-
-def _paths(node: Any) -> Iterator[tuple[Any, Any]]:
-    """Every (container, key) slot in a JSON document."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        yield node, key
-        yield from _paths(value)
+hostile_text, json_values = json_strategies(HOSTILE, text_size=80, max_leaves=12)
 
 
 @st.composite
 def mutated(draw: st.DrawFn, base: Any) -> Any:
     """``base`` with one to three slots deleted or replaced by arbitrary JSON (wrong types, missing fields)."""
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        slots = list(_paths(doc))
-        if not slots:
-            break
-        container, key = draw(st.sampled_from(slots))
-        if isinstance(container, dict) and draw(st.booleans()):
-            del container[key]
-        else:
-            container[key] = draw(json_values)
-    return doc
+    return mutate(draw, base, json_values, changes=st.integers(1, 3))
 
 
 def nested(depth: int) -> bytes:
@@ -144,13 +87,7 @@ def nested(depth: int) -> bytes:
 
 
 # Bodies that are not even the right kind of thing, for any endpoint.
-junk_bodies = st.one_of(
-    st.binary(max_size=600),
-    st.builds(lambda b: b"\xff\xfe" + b + b"\xc3\x28", st.binary(max_size=100)),  # invalid UTF-8
-    json_values.map(lambda v: json.dumps(v).encode()),
-    st.integers(100, 40_000).map(nested),  # deeper than Python's parser recursion limit at the top end
-    st.integers(MAX_BODY + 1, 3 * MAX_BODY).map(lambda n: b"x" * n),  # over the limit
-)
+junk_bodies = _junk(json_values, nested=nested, max_body=MAX_BODY, binary=600)
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,9 @@ def router(companion: Companion) -> APIRouter:
                 who = signed_in(session, request)
                 if who is None:
                     return Page("signed_out.html", {"reason": "needed"}, status=401, clear_cookie=True)
-                if form and not hmac.compare_digest(fields.get("csrf", ""), who.token.csrf_secret or "\0"):
+                # As bytes: compare_digest raises TypeError (a 500) on a str with non-ASCII characters.
+                given = fields.get("csrf", "").encode("utf-8", "surrogatepass")
+                if form and not hmac.compare_digest(given, (who.token.csrf_secret or "\0").encode()):
                     return Page("error.html", {"message": prompts.text("web.csrf_refused")}, status=403)
                 page = work(session, who, fields)
                 context = {"therapist": who.therapist, "csrf": who.token.csrf_secret, **(page.context or {})}
