@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from storage.memory import Memory
 
 IDLE: Final = "idle"
-_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# Control and bidi-override characters, and lone surrogates (valid in JSON's "\ud800", not in UTF-8: they
+# could not be encrypted or stored, so a platform would see an error and redeliver the message forever).
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,24 @@ def test_bad_bodies_are_400(service: Companion, fake: FakeBotAPI) -> None:
         assert (await h.http.post("/telegram/hook", json=[1, 2], headers=headers)).status_code == 400
 
     run(service, fake, True, scenario)
+
+
+def test_a_lone_surrogate_in_a_message_is_dropped_not_a_server_error(service: Companion, fake: FakeBotAPI) -> None:
+    """JSON may carry "\\ud800", which UTF-8 cannot: a 500 would make Telegram redeliver it forever."""
+
+    async def scenario(h: Harness) -> None:
+        await joined(service)(h)
+        update = message_update(90, SAM, "/log tired \ud800 today")
+        response = await h.http.post(
+            "/telegram/hook",
+            content=json.dumps(update).encode(),
+            headers={"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 200
+
+    run(service, fake, True, scenario)
+    with service.db.unit_of_work() as session:
+        assert session.exec(select(ProcessedInbound)).all()
 
 
 def test_a_redelivered_update_is_processed_once(service: Companion, fake: FakeBotAPI) -> None:
