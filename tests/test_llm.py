@@ -470,10 +470,12 @@ def test_an_invalid_narrative_leaves_the_scripted_digest(world: World, clock: Fr
     assert world.usage()[-1].outcome == "fallback:medication"
 
 
-def test_forgetting_a_client_drops_their_memory(world: World) -> None:
+def test_erasing_a_client_drops_their_memory(world: World) -> None:
+    """/delete (and `companion forget`, through the same Engine.forget) removes the client's vectors."""
     world.dana.send("/note Sam avoids buses")
     assert world.memory.items
-    world.companion.engine.forget(1)
+    world.sam.send("/delete")
+    assert "has been deleted" in world.sam.send("yes")
     assert world.memory.items == [] and world.memory.forgotten == [1]
 
 
