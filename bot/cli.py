@@ -95,6 +95,10 @@ def run(
         if config is not None:  # the workers read the same file
             os.environ[CONFIG_ENV] = str(config.resolve())
         companion.db.dispose()  # the schema is up to date; each worker builds its own companion
+        from bot import workers as worker_processes
+
+        if worker_processes.supported():  # one socket per worker: connections spread evenly (see bot.workers)
+            raise typer.Exit(worker_processes.serve(host, port, workers, log_level))
         uvicorn.run(
             "bot.http:app_from_env",
             factory=True,
