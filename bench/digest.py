@@ -133,6 +133,16 @@ def seed(url: str, clients: int, weeks: int) -> None:
                         "created_at": week_start + timedelta(days=2),
                     }
                 )
+    # Completed debriefs carry the rubric criteria they met, as the engine stores them on completion.
+    import prompts
+    from dialogs.digest import judged
+
+    catalogue = prompts.load("en")
+    extras = [e.key for e in catalogue.homework_types["exposure"].extras]
+    due_of = {o["id"]: Occasion(**o) for o in occasions}
+    for row in debriefs:
+        if row["kind"] == "debrief":
+            row["criteria"] = judged(catalogue, Debrief(**row), extras, due_of.get(row.get("occasion_id") or 0))
     with db.engine.begin() as connection:
         connection.execute(
             insert(Therapist), [{"id": 1, "name": "Dana", "timezone": "Europe/London", "created_at": start}]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Final
 
 from dialogs import client_data, llm_steps, nudges
+from dialogs.digest import judged
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
 from dialogs.timeparse import format_local, parse_clock_time, resolve_timezone
@@ -328,6 +329,8 @@ def debrief_step(turn: Turn) -> None:
             return
         debrief.quantity = quantity
         debrief.status, debrief.completed_at = DebriefStatus.COMPLETE, turn.now
+        occasion = turn.session.get(Occasion, debrief.occasion_id) if debrief.occasion_id else None
+        debrief.criteria = judged(turn.prompts, debrief, [e.key for e in _extras(turn, debrief)], occasion)
         turn.session.add(debrief)
         turn.idle()
         turn.say("debrief.done", therapist=_therapist_name(turn))

@@ -54,7 +54,7 @@ from storage import (
     Therapist,
 )
 from storage import queries as q
-from storage.crypto import EncryptedText
+from storage.crypto import EncryptedJSON, EncryptedText
 from storage.models import OccasionStatus
 
 if TYPE_CHECKING:
@@ -251,6 +251,25 @@ def _criteria(
     )
 
 
+def judged(prompts: Prompts, debrief: Debrief, extras: Sequence[str], occasion: Occasion | None) -> list[str]:
+    """The criteria a completed debrief met, to store with it (``Debrief.criteria``)."""
+    return [c.key for c in _criteria(prompts, debrief, extras, occasion) if c.met]
+
+
+def _trend_view(debrief: Debrief) -> DebriefView:
+    """A debrief before the period, for the trend only: its amount and stored criteria, no answers decrypted."""
+    met = set(debrief.criteria or ())
+    criteria = tuple(Criterion(key, key in met) for key in CRITERIA) if debrief.kind == DebriefKind.DEBRIEF else ()
+    return DebriefView(
+        id=debrief.id or 0,
+        when=debrief.started_at,
+        kind=debrief.kind,
+        quantity=debrief.quantity,
+        on_time=True,
+        criteria=criteria,
+    )
+
+
 def _debrief_view(prompts: Prompts, debrief: Debrief, extras: Sequence[str], occasion: Occasion | None) -> DebriefView:
     on_time = occasion is None or occasion.followed_up_at is None or debrief.started_at <= occasion.followed_up_at
     is_debrief = debrief.kind == DebriefKind.DEBRIEF
@@ -311,10 +330,25 @@ def build_client_digest(
     if client.status == ClientStatus.STOPPED:  # opted out: the status, and no new data
         return ClientDigest(**base, homeworks=(), flags=(), logs=(), trend=(), agenda=())
 
+    # The period's debriefs whole (their answers are quoted); earlier trend weeks need only each
+    # debrief's amount and stored criteria, so their encrypted answers are not loaded at all.
+    earlier = session.exec(
+        select(Debrief)
+        .options(load_only(*_debrief_plain_columns()))
+        .where(
+            Debrief.client_id == client.id,
+            col(Debrief.started_at) >= trend_start,
+            col(Debrief.started_at) < start,
+            Debrief.status == DebriefStatus.COMPLETE,
+        )
+        .order_by(col(Debrief.started_at))
+    ).all()
+    judged_before = [d for d in earlier if d.kind != DebriefKind.DEBRIEF or d.criteria is not None]
+    unjudged = {d.id for d in earlier} - {d.id for d in judged_before}  # from before criteria were stored
     debriefs = [
         d
-        for d in q.debriefs_since(session, client_id=client.id or 0, since=trend_start)
-        if d.status == DebriefStatus.COMPLETE
+        for d in q.debriefs_since(session, client_id=client.id or 0, since=start if not unjudged else trend_start)
+        if d.status == DebriefStatus.COMPLETE and (d.started_at >= start or d.id in unjudged)
     ]
     occasion_ids = {d.occasion_id for d in debriefs if d.occasion_id}
     occasions = (
@@ -338,7 +372,7 @@ def build_client_digest(
         kind = prompts.homework_types.get(homework.type if homework else "custom")
         return tuple(e.key for e in kind.extras) if kind else ()
 
-    views = [
+    views = [(d.homework_id, _trend_view(d)) for d in judged_before] + [
         (d.homework_id, _debrief_view(prompts, d, extras(d.homework_id), occasions.get(d.occasion_id or -1)))
         for d in debriefs
     ]
@@ -366,6 +400,12 @@ def build_client_digest(
         **base, homeworks=homeworks, flags=flags, logs=logs, trend=trend, agenda=(), undeliverable=undeliverable
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
+
+
+def _debrief_plain_columns() -> list[Any]:
+    """Debrief's columns that are not encrypted (what the trend needs)."""
+    columns = Debrief.__table__.columns  # type: ignore[attr-defined]
+    return [getattr(Debrief, c.key) for c in columns if not isinstance(c.type, EncryptedText | EncryptedJSON)]
 
 
 def _homework_plain_columns() -> list[Any]:

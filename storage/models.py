@@ -221,6 +221,9 @@ class Debrief(SQLModel, table=True):
     # every value marked "explicit" (the client wrote it) or "inferred". Numbers the client
     # confirmed are in ``quantity`` and ``ratings``, never only here.
     extracted: dict[str, Any] | None = Field(default=None, sa_column=Column(EncryptedJSON, nullable=True))
+    # The quality rubric's criteria this debrief met, judged when it was completed (names from
+    # dialogs.digest.CRITERIA): the digest's trend reads them without decrypting every answer.
+    criteria: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class FlagLevel(StrEnum):

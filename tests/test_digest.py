@@ -240,3 +240,35 @@ def test_markdown_and_chart_from_the_cli(sqlite_companion: Companion, clock: Fro
     assert overview.exit_code == 0 and "Caseload for Dana" in overview.output
     wrong = CliRunner().invoke(app, ["digest", "Nobody", "--config", str(config)])
     assert wrong.exit_code == 1
+
+
+def test_earlier_weeks_trend_from_stored_criteria_and_legacy_debriefs_still_count(
+    sqlite_companion: Companion, clock: FrozenClock, dana: Chat
+) -> None:
+    """A debrief stores the criteria it met when completed; the trend's earlier weeks read those, not the answers."""
+    from storage import Debrief
+
+    sam = start_week(sqlite_companion, clock)
+    days(clock, sqlite_companion, 24, 24, sam)
+    debrief(sam, "Rode two stops on the 73 at 10am", "4", surprised="skip")  # no surprise or learning given
+    with sqlite_companion.db.unit_of_work() as session:
+        stored = session.exec(select(Debrief)).one().criteria
+    assert stored is not None and "concrete" in stored and "surprise_or_learning" in stored  # "It passes" learned
+
+    def last_week_quality() -> float | None:
+        clock.set(datetime(2026, 12, 3, 9, 0, tzinfo=UTC))  # the debrief is now in the trend, before the period
+        with sqlite_companion.db.unit_of_work() as session:
+            client = session.exec(select(Client)).one()
+            therapist = session.exec(select(Therapist)).one()
+            model = build_client_digest(
+                session, prompts=sqlite_companion.engine.prompts, client=client, therapist=therapist, now=clock.now()
+            )
+        return next(p.quality for p in model.trend if p.debriefs)
+
+    from_stored = last_week_quality()
+    assert from_stored == len(stored) / len(CRITERIA)
+    with sqlite_companion.db.unit_of_work() as session:  # a debrief from before criteria were stored
+        row = session.exec(select(Debrief)).one()
+        row.criteria = None
+        session.add(row)
+    assert last_week_quality() == from_stored  # judged from its answers instead

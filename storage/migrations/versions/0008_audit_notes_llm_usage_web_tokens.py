@@ -87,6 +87,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('debrief', schema=None) as batch_op:
         batch_op.add_column(sa.Column('extracted', storage.crypto.EncryptedJSON(), nullable=True))
+        batch_op.add_column(sa.Column('criteria', sa.JSON(), nullable=True))
 
     with op.batch_alter_table('outboxmessage', schema=None) as batch_op:
         batch_op.add_column(sa.Column('prompt_key', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
@@ -140,6 +141,7 @@ def downgrade() -> None:
         batch_op.drop_column('role')
 
     with op.batch_alter_table('debrief', schema=None) as batch_op:
+        batch_op.drop_column('criteria')
         batch_op.drop_column('extracted')
 
     with op.batch_alter_table('outboxmessage', schema=None) as batch_op:
