@@ -23,42 +23,16 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 
-from storage import crypto
-
-# Client text is encrypted at rest; every process of a run uses this one (benchmark-only) key.
-crypto.use([b"YmVuY2htYXJrLW9ubHkta2V5LTMyLWJ5dGVzLWxvbmc="])
-
-POSTGRES = os.environ.get("COMPANION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from bench._support import drop, fresh_url  # importing it also sets the benchmark-only data key
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _fresh_url(backend: str, workdir: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(POSTGRES)
-    with engine.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine.dispose()
-    return f"{POSTGRES}?options=-csearch_path%3D{schema}"
-
-
-def _drop(url: str) -> None:
-    if "search_path" in url:
-        schema = url.rsplit("%3D", 1)[1]
-        engine = create_engine(POSTGRES)
-        with engine.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        engine.dispose()
 
 
 def seed(url: str, clients: int, now: datetime) -> None:
@@ -258,12 +232,12 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as workdir:
         for backend in args.backends.split(","):
-            url = _fresh_url(backend, Path(workdir))
+            url = fresh_url(backend, Path(workdir))
             try:
                 _spawn("seed", url, args.clients, now)
                 result = _spawn("sweep", url, args.clients, now)
             finally:
-                _drop(url)
+                drop(url)
             results[backend] = result
             print(
                 f"sweep    {backend:10} {result['seconds']:7.2f} s  {args.clients / result['seconds']:9,.0f} nudges/s"
@@ -271,11 +245,11 @@ def main() -> None:
             )
         if args.baseline:
             for backend in args.baseline_backends.split(","):
-                url = _fresh_url(backend, Path(workdir))
+                url = fresh_url(backend, Path(workdir))
                 try:
                     base = _spawn("baseline", url, args.clients, now)
                 finally:
-                    _drop(url)
+                    drop(url)
                 total = base["add_seconds"] + base["run_seconds"]
                 print(
                     f"baseline {backend:10} add {base['add_seconds']:7.2f} s  run {base['run_seconds']:7.2f} s"

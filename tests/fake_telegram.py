@@ -602,19 +602,18 @@ class FakeBotAPI:
 
     def _send_message(self, params: dict[str, Any]) -> _Reply:
         key, chat = self._chat(params.get("chat_id"))
-        text = self._check_text(params.get("text"))
-        message_id = self._next_message_id.get(key, 0) + 1
-        self._next_message_id[key] = message_id
-        message: dict[str, Any] = {
-            "message_id": message_id,
-            "date": int(time.time()),
-            "chat": chat,
-            "from": self._bot_user(),
-            "text": text,
-        }
+        content: dict[str, Any] = {"text": self._check_text(params.get("text"))}
         markup = self._inline_markup(params)
         if markup is not None:
-            message["reply_markup"] = markup
+            content["reply_markup"] = markup
+        return self._record_sent(key, chat, params, content)
+
+    def _record_sent(self, key: str, chat: dict[str, Any], params: dict[str, Any], content: dict[str, Any]) -> _Reply:
+        """Store a message the bot sent (the next id in its chat) and answer with it, as Telegram does."""
+        message_id = self._next_message_id.get(key, 0) + 1
+        self._next_message_id[key] = message_id
+        message = {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": self._bot_user()}
+        message.update(content)
         self._messages[(key, message_id)] = message
         self._sent.append(dict(params))
         return _ok(json.loads(json.dumps(message)))
@@ -625,23 +624,16 @@ class FakeBotAPI:
         document = params.get("document")
         if not isinstance(document, UploadedFile):
             raise _ApiError(400, "Bad Request: there is no document in the request")
-        message_id = self._next_message_id.get(key, 0) + 1
-        self._next_message_id[key] = message_id
-        message: dict[str, Any] = {
-            "message_id": message_id,
-            "date": int(time.time()),
-            "chat": chat,
-            "from": self._bot_user(),
+        file_id = f"doc-{key}-{len(self._sent)}"
+        content = {
             "document": {
-                "file_id": f"doc-{key}-{message_id}",
-                "file_unique_id": f"u-{key}-{message_id}",
+                "file_id": file_id,
+                "file_unique_id": f"u-{file_id}",
                 "file_name": document.filename,
                 "file_size": len(document.data),
-            },
+            }
         }
-        self._messages[(key, message_id)] = message
-        self._sent.append(dict(params))
-        return _ok(json.loads(json.dumps(message)))
+        return self._record_sent(key, chat, params, content)
 
     def _edited(self, params: dict[str, Any], *, text: str | None) -> _Reply:
         if params.get("inline_message_id"):
