@@ -355,3 +355,14 @@ def test_the_demo_clock_only_moves_forward() -> None:
     later = clock.advance(hours=5)
     assert later - before >= timedelta(hours=5)
     assert clock.advance(hours=-3) >= later
+
+
+def test_pages_carry_security_headers_and_webhooks_do_not(web: tuple[Companion, TestClient]) -> None:
+    """No framing, no inline scripts, no Referer leak of a sign-in link, nothing cached; /healthz untouched."""
+    _, client = web
+    page = client.get("/dashboard")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["cache-control"] == "no-store"
+    health = client.get("/healthz")
+    assert "content-security-policy" not in health.headers

@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 from typing import Final
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.wiring import Companion, WiringError
 
@@ -39,16 +40,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _SecurityHeaders(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
-        path = request.url.path
-        if path == "/" or path.startswith(("/dashboard", "/demo", "/static")):
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-            if not path.startswith("/static"):
-                response.headers.setdefault("Cache-Control", "no-store")
-        return response
+class _SecurityHeaders:
+    """The pages' security headers, as a plain ASGI middleware.
+
+    Starlette's ``BaseHTTPMiddleware`` wraps every response in a stream and
+    task group, on every request: under webhook load (which these headers
+    never concern) it showed in the profile. This one only looks at the path
+    and, for pages, adds headers to the response start.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == "/" or path.startswith(("/dashboard", "/demo", "/static"))):
+            await self.app(scope, receive, send)
+            return
+        extra = dict(SECURITY_HEADERS)
+        if not path.startswith("/static"):
+            extra["Cache-Control"] = "no-store"
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    if name not in headers:
+                        headers.append(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def mount(app: FastAPI, companion: Companion) -> None:
