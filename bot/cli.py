@@ -76,6 +76,9 @@ def run(
         if companion.telegram is not None and not companion.settings.telegram.webhook_url:
             typer.echo("error: --workers above 1 needs telegram.webhook_url (one long poller only)", err=True)
             raise typer.Exit(2)
+        if companion.settings.demo_enabled:  # its clock moves on "skip", in one process only
+            typer.echo("error: the try-it demo runs in one process: set web.demo: false or use one worker", err=True)
+            raise typer.Exit(2)
     host = host or companion.settings.server.host
     port = port or companion.settings.server.port
     if (host, port) != (companion.settings.server.host, companion.settings.server.port):

@@ -39,6 +39,7 @@ def _start(url: str, tmp_path: Path) -> tuple[subprocess.Popen[str], int, queue.
         "COMPANION_DATA_KEY": TEST_DATA_KEY,
         "COMPANION_SERVER__PORT": str(port),
         "COMPANION_SCHEDULER__ENABLED": "false",
+        "COMPANION_WEB__DEMO": "false",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run", "--workers", "2"],
@@ -98,3 +99,18 @@ def test_a_worker_that_dies_stops_the_service_with_an_error(postgres_url: str, t
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.postgres
+def test_workers_refuse_sqlite_and_the_demo(postgres_url: str, sqlite_url: str) -> None:
+    """Several workers need SKIP LOCKED (PostgreSQL), and the demo's clock lives in one process."""
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    runner = CliRunner()
+    on_sqlite = runner.invoke(app, ["run", "--workers", "2"], env={"DATABASE_URL": sqlite_url})
+    assert on_sqlite.exit_code == 2 and "needs PostgreSQL" in on_sqlite.output
+    env = {"DATABASE_URL": postgres_url, "COMPANION_DATA_KEY": TEST_DATA_KEY}
+    with_demo = runner.invoke(app, ["run", "--workers", "2"], env=env)
+    assert with_demo.exit_code == 2 and "try-it demo runs in one process" in with_demo.output
