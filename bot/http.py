@@ -95,6 +95,13 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
                 socket_mode = AsyncSocketModeHandler(slack.app, settings.slack_app_token.get_secret_value())
+                try:
+                    # The first URL is fetched here, not in connect_async(), which retries any error
+                    # forever: a wrong or revoked app token must fail start-up, not hang it.
+                    socket_mode.client.wss_uri = await socket_mode.client.issue_new_wss_url()
+                except BaseException:
+                    await socket_mode.close_async()
+                    raise
                 await socket_mode.connect_async()
                 log.info("slack: Socket Mode")
         if companion.whatsapp is not None:

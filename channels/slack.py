@@ -75,7 +75,10 @@ class SlackChannel:
         """``/companion invite Sam`` is the console's ``/invite Sam``; ``/companion link CODE`` links the account.
 
         An unlinked user gets the explanation in the ack itself (ephemeral) and
-        nothing else; the ack is always sent before any slower work.
+        nothing else. With ``process_before_response`` bolt sends the ack when
+        this listener returns, so an acknowledged command has been recorded
+        (Slack retries what it saw no ack for); the turn is one short unit of
+        work, well inside Slack's 3 seconds.
         """
         words = (body.get("text") or "").strip()
         head, _, rest = words.partition(" ")
