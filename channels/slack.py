@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from slack_bolt import BoltResponse
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -48,12 +50,20 @@ class SlackChannel:
     def __init__(self, *, client: AsyncWebClient, signing_secret: str, db: Database, engine: Engine) -> None:
         self.client, self.db, self.engine = client, db, engine
         self.app = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=True)
+        self.app.middleware(self._well_formed)
         self.app.command("/companion")(self._companion)
         self.app.command("/homework")(self._homework)
         self.app.view(MODAL)(self._submit)
         self.app.action("ack_alert")(self._ack_alert)
 
     # --- inbound ------------------------------------------------------------------------
+
+    @staticmethod
+    async def _well_formed(body: dict[str, Any], next_: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse:
+        """Socket Mode's envelopes reach bolt without the HTTP route's check (bot.http): the same shape rule here."""
+        if not well_formed(body):
+            return BoltResponse(status=400, body="")
+        return await next_()
 
     async def _turn(self, user: str, text: str, message_id: str) -> None:
         inbound = Inbound(channel=NAME, address=user, text=text, message_id=message_id)
