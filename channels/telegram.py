@@ -19,7 +19,7 @@ from telegram.warnings import PTBDeprecationWarning
 from channels.base import Rejected, Transient, Unreachable, render_plain, split_text
 from channels.base import RetryLater as RetryLaterError
 from dialogs.engine import Engine
-from dialogs.messages import Inbound, InboundKind, Option, Outbound
+from dialogs.messages import Inbound, InboundKind, Option, Outbound, enqueue
 from dialogs.presence import set_reachable
 from storage import Database
 from storage import queries as q
@@ -189,10 +189,11 @@ class TelegramChannel:
             if not q.claim_inbound(session, channel=NAME, message_id=str(update_id), now=now):
                 return
             if parsed.group_chat is not None:
-                text = self.engine.prompts.text("common.group_only")
-                q.enqueue(
-                    session, channel=NAME, address=str(parsed.group_chat), payload=Outbound(text).to_payload(), now=now
+                prompts = self.engine.prompts
+                message = Outbound(
+                    prompts.text("common.group_only"), prompt_key="common.group_only", prompt_version=prompts.version
                 )
+                enqueue(session, channel=NAME, address=str(parsed.group_chat), message=message, now=now)
             if parsed.blocked is not None and parsed.private_chat is not None:
                 set_reachable(
                     session,

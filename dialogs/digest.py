@@ -36,7 +36,7 @@ from sqlmodel import Session, col, select
 
 from dialogs import access
 from dialogs.homework import SPECIFICITY
-from dialogs.messages import Outbound, about_client
+from dialogs.messages import Outbound, about_client, enqueue
 from dialogs.nudges import SweepCounts, next_weekly
 from dialogs.turn import DialogSettings
 from prompts import Prompts, fold
@@ -659,8 +659,7 @@ def send_due_digests(
         chat = q.latest_identity(session, therapist_id=client.therapist_id)
         if therapist is not None and chat is not None:
             message = digest_message(session, llm=llm, prompts=prompts, client=client, therapist=therapist, now=now)
-            row = q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
-            row.prompt_key, row.prompt_version = message.prompt_key, message.prompt_version
+            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
             access.audit(session, actor=access.SYSTEM, action="digest.sent", now=now, client=client)
             counts.digests += 1
         client.digest_sent_for = client.next_session_at
@@ -679,15 +678,24 @@ def send_due_digests(
             caseload, digests = build_weekly(session, prompts=prompts, therapist=therapist, now=now)
             if llm is not None:
                 digests = tuple(with_narrative(session, llm=llm, digest=d, prompts=prompts, now=now) for d in digests)
-            messages = [Outbound(render_caseload_text(caseload, prompts))]
+            version = prompts.version
+            messages = [
+                Outbound(
+                    render_caseload_text(caseload, prompts), prompt_key="digest.caseload_header", prompt_version=version
+                )
+            ]
             messages += [
-                Outbound(render_text(d, prompts), ref=about_client(d.client_id))
+                Outbound(
+                    render_text(d, prompts),
+                    ref=about_client(d.client_id),
+                    prompt_key="llm.narrative" if d.narrative else "digest.header",
+                    prompt_version=version,
+                )
                 for d in digests
                 if d.status != ClientStatus.INVITED
             ]
             for message in messages:
-                payload = message.to_payload()
-                q.enqueue(session, channel=chat.channel, address=chat.address, payload=payload, now=now)
+                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
                 counts.digests += 1
             access.audit(
                 session,

@@ -14,7 +14,7 @@ from typing import Final
 
 from sqlmodel import Session, col, select
 
-from dialogs.messages import Option, Outbound, about_client
+from dialogs.messages import Option, Outbound, about_client, enqueue
 from dialogs.safety import RiskAssessment, assess
 from dialogs.timeparse import format_local, zone_country
 from dialogs.turn import IDLE, DialogSettings, Turn
@@ -158,7 +158,14 @@ def alert_message(
     if again:
         body = prompts.text("safety.alert_again") + "\n" + body
     ack = Option(f"/ack {flag.id}", prompts.text("safety.ack_button"))
-    return Outbound(body, kind="alert", options=(ack,), ref=about_client(flag.client_id))
+    return Outbound(
+        body,
+        kind="alert",
+        options=(ack,),
+        ref=about_client(flag.client_id),
+        prompt_key="safety.alert",
+        prompt_version=prompts.version,
+    )
 
 
 def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime) -> int:
@@ -194,7 +201,7 @@ def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogS
         if settings.fallback_contact:
             targets.append(settings.fallback_contact)
         for channel, address in targets:
-            q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now)
+            enqueue(session, channel=channel, address=address, message=message, now=now)
         flag.escalated_at = now
         session.add(flag)
     return len(due)

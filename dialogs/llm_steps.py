@@ -551,4 +551,6 @@ def digest_message(
             prompt_key=template.key,
             prompt_version=template.version,
         )
-    return Outbound(render_text(model, prompts), ref=digest_ref(client))
+    return Outbound(
+        render_text(model, prompts), ref=digest_ref(client), prompt_key="digest.header", prompt_version=prompts.version
+    )

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
+
+from sqlmodel import Session
+
+from storage import queries as q
 
 MessageKind = Literal["text", "choice", "scale", "alert", "file"]
 InboundKind = Literal["text", "edited", "unsupported"]
@@ -84,3 +89,16 @@ class Outbound:
 def about_client(client_id: int | None) -> dict[str, Any] | None:
     """The ``ref`` of a message about a client (a notice, an alert, a weekly digest) that is not itself a digest."""
     return {"about_client": client_id} if client_id is not None else None
+
+
+def enqueue(session: Session, *, channel: str, address: str, message: Outbound, now: datetime) -> None:
+    """Queue ``message`` with the record of the template that produced it (OutboxMessage.prompt_key)."""
+    q.enqueue(
+        session,
+        channel=channel,
+        address=address,
+        payload=message.to_payload(),
+        now=now,
+        prompt_key=message.prompt_key,
+        prompt_version=message.prompt_version,
+    )

@@ -574,6 +574,8 @@ def send_due_nudges(
                     "payload": payloads[row.homework_id],
                     "created_at": now,
                     "attempts": 0,
+                    "prompt_key": "nudge.reminder",
+                    "prompt_version": prompts.version,
                 }
             )
             outcome[OccasionStatus.SENT].append(row.id)
@@ -647,7 +649,15 @@ def follow_up(
         if sendable:
             assert chat is not None and homework is not None
             payload = reminder_payload(prompts, homework.id or 0, follow_up=True)
-            q.enqueue(session, channel=chat.channel, address=chat.address, payload=payload, now=now)
+            q.enqueue(
+                session,
+                channel=chat.channel,
+                address=chat.address,
+                payload=payload,
+                now=now,
+                prompt_key="nudge.follow_up",
+                prompt_version=prompts.version,
+            )
             occasion.status, occasion.followed_up_at = OccasionStatus.FOLLOWED_UP, now
             counts.followed_up += 1
         else:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from dialogs.messages import Outbound
+from dialogs.messages import Outbound, about_client, enqueue
 from prompts import Prompts
 from storage import Client
 from storage import queries as q
@@ -32,6 +32,11 @@ def set_reachable(
     chat = q.latest_identity(session, therapist_id=client.therapist_id)
     if chat is not None:
         key = "notify.client_reachable" if reachable else "notify.client_unreachable"
-        message = Outbound(prompts.text(key, client=client.name, channel=channel))
-        q.enqueue(session, channel=chat.channel, address=chat.address, payload=message.to_payload(), now=now)
+        message = Outbound(
+            prompts.text(key, client=client.name, channel=channel),
+            ref=about_client(client.id),
+            prompt_key=key,
+            prompt_version=prompts.version,
+        )
+        enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
     return True

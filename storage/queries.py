@@ -372,8 +372,25 @@ def undeliverable_since(session: Session, *, client_id: int, since: datetime, re
 # --- outbox ------------------------------------------------------------------
 
 
-def enqueue(session: Session, *, channel: str, address: str, payload: dict[str, Any], now: datetime) -> OutboxMessage:
-    message = OutboxMessage(channel=channel, address=address, payload=payload, created_at=now)
+def enqueue(
+    session: Session,
+    *,
+    channel: str,
+    address: str,
+    payload: dict[str, Any],
+    now: datetime,
+    prompt_key: str | None = None,
+    prompt_version: str | None = None,
+) -> OutboxMessage:
+    """Queue a message; ``prompt_key``/``prompt_version`` record the template that produced its text."""
+    message = OutboxMessage(
+        channel=channel,
+        address=address,
+        payload=payload,
+        created_at=now,
+        prompt_key=prompt_key,
+        prompt_version=prompt_version,
+    )
     session.add(message)
     return message
 

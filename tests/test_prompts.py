@@ -74,3 +74,25 @@ def test_every_reply_records_the_sentence_it_came_from(sqlite_companion: Compani
     version = sqlite_companion.engine.prompts.version
     assert ("join.consent", version) in keys and ("join.done", version) in keys
     assert ("notify.client_joined", version) in keys
+
+
+def test_reminders_alerts_and_digests_record_their_template_too(sqlite_companion: Companion) -> None:
+    from datetime import UTC, datetime
+
+    from scheduler.sweep import sweep
+
+    add_therapist(sqlite_companion)
+    dana = Chat(sqlite_companion, "therapist", "Dana")
+    sam = join(sqlite_companion, dana, "Sam", "sam")
+    dana.send("/homework Sam\ntitle: Walk\nwhat: a walk\nnudges: 18:00")
+    dana.send("save")
+    sam.open()
+    sam.send("it helps")
+    sam.send("8")
+    sqlite_companion.clock.set(datetime(2026, 11, 23, 18, 0, tzinfo=UTC))  # type: ignore[attr-defined]
+    sweep(db=sqlite_companion.db, engine=sqlite_companion.engine)
+    sam.send("I want to kill myself")
+    dana.send("/digest Sam")
+    with sqlite_companion.db.unit_of_work() as session:
+        keys = {row.prompt_key for row in session.exec(select(OutboxMessage)).all()}
+    assert {"nudge.reminder", "safety.alert", "digest.header"} <= keys

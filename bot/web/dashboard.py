@@ -28,6 +28,7 @@ from dialogs import access, signin
 from dialogs.digest import build_caseload, build_client_digest
 from dialogs.digest_text import quote, rubric
 from dialogs.homework import SPECIFICITY, build_homework, deliver_pending, missing_elements, normalise_field
+from dialogs.messages import enqueue
 from storage import Client, Debrief, FlagLevel, Homework, LogEntry, Occasion, SafetyFlag, Therapist, WebToken
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS, DebriefStatus
@@ -257,7 +258,7 @@ def router(companion: Companion) -> APIRouter:
                 session, prompts=prompts, settings=companion.engine.settings, client=client, now=now()
             )
             for channel, address, message in messages:
-                q.enqueue(session, channel=channel, address=address, payload=message.to_payload(), now=now())
+                enqueue(session, channel=channel, address=address, message=message, now=now())
             access.audit(
                 session,
                 actor=who.actor,
