@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+def made_up_token(kind: str) -> str:
+    """A token shaped like the platform's, made up for this run: no credential-like string stands in the source.
+
+    ``kind``: "telegram" (a bot token), "slack-bot" (xoxb-) or "slack-app" (xapp-, Socket Mode).
+    """
+    if kind == "telegram":
+        return f"{100_000_000 + secrets.randbelow(900_000_000)}:{secrets.token_hex(18)}"
+    if kind == "slack-bot":
+        return f"xoxb-{secrets.randbelow(10**6)}-{secrets.randbelow(10**6)}-{secrets.token_hex(12)}"
+    if kind == "slack-app":
+        return f"xapp-1-A{secrets.token_hex(4).upper()}-{secrets.randbelow(10**6)}-{secrets.token_hex(12)}"
+    raise ValueError(kind)
 
 
 class KeepAliveServer(ThreadingHTTPServer):

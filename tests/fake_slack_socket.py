@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
+from tests.fake_http import made_up_token
 from tests.fake_slack import DEFAULT_APP_ID, FakeSlackAPI, _ok, _Reply, _SlackError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 CONNECTIONS_OPEN: Final = "apps.connections.open"
-DEFAULT_APP_TOKEN: Final = "xapp-1-A0001-1-fake"
+DEFAULT_APP_TOKEN: Final = made_up_token("slack-app")
 LINK_PATH: Final = "/link/"
 
 

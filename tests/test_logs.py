@@ -19,12 +19,13 @@ from bot.http import create_app
 from bot.wiring import Companion
 from dialogs.clock import FrozenClock
 from tests.conftest import TEST_DATA_KEY, make_companion
+from tests.fake_http import made_up_token
 from tests.fake_telegram import FakeBotAPI, message_update
 from tests.fake_twilio import FakeTwilioAPI, inbound_message, signed_headers
 
-BOT_TOKEN = "987654321:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
-SLACK_TOKEN = "xoxb-2048-4096-QwErTyUiOpAsDfGh"
-APP_TOKEN = "xapp-1-A0001-2048-0a1b2c3d4e5f"
+BOT_TOKEN = made_up_token("telegram")
+SLACK_TOKEN = made_up_token("slack-bot")
+APP_TOKEN = made_up_token("slack-app")
 PHONE = "+447911123456"
 SENTENCE = "I panicked on the bus again and could not breathe"
 PUBLIC = "https://companion.example.org/whatsapp/inbound"

@@ -18,6 +18,7 @@ from bot.wiring import Companion
 from dialogs.clock import FrozenClock
 from storage import Invite, ProcessedInbound, SafetyFlag
 from tests.conftest import make_companion
+from tests.fake_http import made_up_token
 from tests.fake_slack import block_action, slash_command
 from tests.fake_slack_socket import (
     CONNECTIONS_OPEN,
@@ -30,7 +31,7 @@ from tests.fake_slack_socket import (
 from tests.support import Chat, add_therapist, invite_code, join
 
 SECRET = "slack-signing-secret-for-tests"
-APP_TOKEN = "xapp-1-A0001-1-socket-mode-tests"
+APP_TOKEN = made_up_token("slack-app")
 DANA = "U0DANA"
 
 
@@ -222,7 +223,7 @@ def test_a_wrong_app_token_fails_start_up(
     sqlite_url: str, clock: FrozenClock, tmp_path: Path, fake: FakeSocketModeAPI
 ) -> None:
     """A revoked or mistyped SLACK_APP_TOKEN stops the service at start-up, instead of retrying forever."""
-    companion = socket_companion(sqlite_url, clock, tmp_path, fake, "xapp-1-A0001-1-not-the-token")
+    companion = socket_companion(sqlite_url, clock, tmp_path, fake, made_up_token("slack-app"))
 
     async def main() -> None:
         harness = Harness(companion, fake)
