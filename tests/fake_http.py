@@ -7,7 +7,8 @@ import secrets
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 
 def made_up_token(kind: str) -> str:
@@ -93,3 +94,67 @@ def close(server: KeepAliveServer, thread: threading.Thread | None) -> None:
             connection.shutdown(socket.SHUT_RDWR)
     if thread is not None:
         thread.join(timeout=2)
+
+
+class ServedFake:
+    """Start, stop and ``with`` for a fake platform that serves from a daemon thread on a free loopback port.
+
+    A subclass sets ``_lock`` (its state lock), ``_stopped`` (an Event), and
+    ``_server``/``_thread`` to None in its ``__init__``, and gives
+    :meth:`_new_server`. :meth:`_on_stop` runs under the lock as serving stops
+    (to wake waiting requests); :meth:`_shut` ends the server.
+    """
+
+    _lock: Any
+    _stopped: threading.Event
+    _server: Any
+    _thread: threading.Thread | None
+    _thread_name = "fake-platform"
+
+    def _new_server(self) -> ThreadingHTTPServer:
+        raise NotImplementedError
+
+    def _on_stop(self) -> None:
+        """Called under the lock when serving stops."""
+
+    def _shut(self, server: Any, thread: threading.Thread | None) -> None:
+        close(server, thread)
+
+    def start(self) -> Self:
+        """Bind a free port on 127.0.0.1 and serve from a daemon thread. Returns ``self``."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError(f"{type(self).__name__} is already started")
+            self._stopped.clear()
+            self._server = self._new_server()
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name=self._thread_name, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the server thread. Safe to call twice."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server, self._thread = None, None
+            self._stopped.set()
+            self._on_stop()
+        if server is not None:
+            self._shut(server, thread)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def root_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash). Only valid once started."""
+        server = self._server
+        if server is None:
+            raise RuntimeError(f"start() the {type(self).__name__} before asking for its URL")
+        return f"http://127.0.0.1:{server.server_address[1]}"

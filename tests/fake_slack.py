@@ -16,12 +16,11 @@ from datetime import datetime
 from email.message import EmailMessage as _EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from tests.fake_http import KeepAliveHandler, KeepAliveServer, close
+from tests.fake_http import KeepAliveHandler, KeepAliveServer, ServedFake
 
 __all__ = [
     "RAW_UPLOAD",
@@ -259,7 +258,7 @@ class _Handler(KeepAliveHandler):
         self.wfile.flush()
 
 
-class FakeSlackAPI:
+class FakeSlackAPI(ServedFake):
     """A Slack Web API server on 127.0.0.1 for tests; point ``WebClient(token, base_url=fake.base_url)`` at it.
 
     Thread-safety: every public method and property may be called from any thread while the server answers
@@ -311,44 +310,10 @@ class FakeSlackAPI:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeSlackAPI:
-        """Bind a free port on 127.0.0.1 and serve from a daemon thread. Returns ``self``."""
-        with self._lock:
-            if self._server is not None:
-                raise RuntimeError("FakeSlackAPI is already started")
-            self._stopped.clear()
-            self._server = _Server(self, self._stopped, _Handler)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-slack", daemon=True
-            )
-            self._thread.start()
-        return self
+    _thread_name = "fake-slack"
 
-    def stop(self) -> None:
-        """Stop serving, close idle keep-alive connections and join the server thread. Safe to call twice."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server, self._thread = None, None
-            self._stopped.set()
-        if server is None:
-            return
-        close(server, thread)
-
-    def __enter__(self) -> FakeSlackAPI:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def root_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash). Only valid once started."""
-        server = self._server
-        if server is None:
-            raise RuntimeError("start() the FakeSlackAPI before asking for its URL")
-        return f"http://127.0.0.1:{server.server_address[1]}"
+    def _new_server(self) -> _Server:
+        return _Server(self, self._stopped, _Handler)
 
     @property
     def base_url(self) -> str:

@@ -13,11 +13,10 @@ from email.message import EmailMessage as _EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fake_http import KeepAliveHandler, KeepAliveServer, close
+from tests.fake_http import KeepAliveHandler, KeepAliveServer, ServedFake
 
 __all__ = [
     "Call",
@@ -281,7 +280,7 @@ class _Handler(KeepAliveHandler):
         return _decode_mapping(dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
 
 
-class FakeBotAPI:
+class FakeBotAPI(ServedFake):
     """A Telegram Bot API server on 127.0.0.1 for tests; point ``telegram.Bot(token, base_url=...)`` at it.
 
     Thread-safety: every public method and property may be called from any thread while the server
@@ -296,6 +295,7 @@ class FakeBotAPI:
         prefix = token.split(":", 1)[0]
         self.bot_id = int(prefix) if prefix.isdigit() else DEFAULT_BOT_ID
         self._cond = threading.Condition(threading.RLock())
+        self._lock = self._cond  # ServedFake's lock: the same one guards all state
         self._changed = threading.Event()
         self._stopped = threading.Event()
         self._server: _Server | None = None
@@ -332,45 +332,18 @@ class FakeBotAPI:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeBotAPI:
-        """Bind a free port on 127.0.0.1 and serve from a daemon thread. Returns ``self``."""
-        with self._cond:
-            if self._server is not None:
-                raise RuntimeError("FakeBotAPI is already started")
-            self._stopped.clear()
-            self._server = _Server(self, self._stopped, _Handler)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-telegram", daemon=True
-            )
-            self._thread.start()
-        return self
+    _thread_name = "fake-telegram"
 
-    def stop(self) -> None:
-        """Stop serving: wake long-polls and hangs (they answer at once), close idle connections, join the thread."""
-        with self._cond:
-            server, thread = self._server, self._thread
-            self._server, self._thread = None, None
-            self._stopped.set()
-            self._cond.notify_all()
-        if server is None:
-            return
-        close(server, thread)
+    def _new_server(self) -> _Server:
+        return _Server(self, self._stopped, _Handler)
 
-    def __enter__(self) -> FakeBotAPI:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _on_stop(self) -> None:
+        self._cond.notify_all()  # long-polls and hangs answer at once
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/bot``; PTB appends ``token + "/" + method``. Only valid once started."""
-        server = self._server
-        if server is None:
-            raise RuntimeError("start() the FakeBotAPI before asking for its base_url")
-        return f"http://127.0.0.1:{server.server_address[1]}/bot"
+        return f"{self.root_url}/bot"
 
     # -- inspection ------------------------------------------------------------------------------
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twilio.request_validator import RequestValidator
 
 from channels.whatsapp import RedirectingHttpClient
+from tests.fake_http import ServedFake
 
 __all__ = ["RedirectingHttpClient"]  # re-exported for tests that point a client here
 
@@ -162,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class FakeTwilioAPI:
+class FakeTwilioAPI(ServedFake):
     """Twilio's ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` on 127.0.0.1, for tests.
 
     Point the real client at it with ``Client(sid, token, http_client=RedirectingHttpClient(fake.base_url))``.
@@ -187,49 +187,22 @@ class FakeTwilioAPI:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeTwilioAPI:
-        """Bind a free port on 127.0.0.1 and serve from a daemon thread. Returns ``self``."""
-        with self._lock:
-            if self._server is not None:
-                raise RuntimeError("FakeTwilioAPI is already started")
-            self._stopped.clear()
-            self._server = _Server(self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-twilio", daemon=True
-            )
-            self._thread.start()
-        return self
+    _thread_name = "fake-twilio"
 
-    def stop(self) -> None:
-        """Stop serving (hung responses are answered at once) and join the thread. Safe to call twice."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server, self._thread = None, None
-            self._stopped.set()
-        if server is None:
-            return
+    def _new_server(self) -> _Server:
+        return _Server(self)
+
+    def _shut(self, server: Any, thread: threading.Thread | None) -> None:
+        """HTTP/1.0, one request per connection: no idle connections to end (hung responses answer at once)."""
         server.shutdown()
         server.server_close()
         if thread is not None:
             thread.join(timeout=2)
 
-    def __enter__(self) -> FakeTwilioAPI:
-        """Start, for ``with FakeTwilioAPI() as fake:``."""
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop, whatever happened in the block."""
-        self.stop()
-
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``; only valid once started."""
-        server = self._server
-        if server is None:
-            raise RuntimeError("start() the FakeTwilioAPI before asking for its base_url")
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return self.root_url
 
     # -- what happened ---------------------------------------------------------------------------
 
