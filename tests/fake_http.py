@@ -6,9 +6,46 @@ import contextlib
 import secrets
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file part of a multipart/form-data request (a certificate, a document, a chart)."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def parse_multipart(
+    content_type: str, body: bytes, decode: Callable[[str, str], Any] = lambda _name, text: text
+) -> dict[str, Any]:
+    """A multipart/form-data body as fields: files as :class:`UploadedFile`, the rest through ``decode(name, text)``."""
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(EmailMessage, policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("malformed multipart body")
+    params: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            params[name] = UploadedFile(filename, part.get_content_type(), data)
+        else:
+            params[name] = decode(name, data.decode("utf-8"))
+    return params
 
 
 def made_up_token(kind: str) -> str:

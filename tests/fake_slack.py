@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage as _EmailMessage
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from tests.fake_http import KeepAliveHandler, KeepAliveServer, ServedFake
+from tests.fake_http import KeepAliveHandler, KeepAliveServer, ServedFake, parse_multipart
+from tests.fake_http import UploadedFile as FilePart
 
 __all__ = [
     "RAW_UPLOAD",
@@ -71,15 +69,6 @@ class Call:
 
 
 @dataclass
-class FilePart:
-    """A file part of a multipart/form-data request."""
-
-    filename: str
-    content_type: str
-    data: bytes
-
-
-@dataclass
 class _Fault:
     method: str
     error: str
@@ -124,26 +113,6 @@ def _decode_json_params(params: dict[str, Any]) -> dict[str, Any]:
             with contextlib.suppress(ValueError):
                 decoded[name] = json.loads(value)
     return decoded
-
-
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
-    message = BytesParser(_EmailMessage, policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise ValueError("malformed multipart body")
-    params: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        filename = part.get_filename()
-        if filename is not None:
-            params[name] = FilePart(filename, part.get_content_type(), data)
-        else:
-            params[name] = data.decode("utf-8")
-    return params
 
 
 def _ts(counter: int) -> str:
@@ -234,7 +203,7 @@ class _Handler(KeepAliveHandler):
                 params.update(decoded)
                 encoding = "json"
             elif media_type == "multipart/form-data":
-                params.update(_parse_multipart(content_type, body))
+                params.update(parse_multipart(content_type, body))
                 encoding = "multipart"
             else:
                 params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))

@@ -9,14 +9,11 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage as _EmailMessage
-from email.parser import BytesParser
-from email.policy import HTTP
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fake_http import KeepAliveHandler, KeepAliveServer, ServedFake
+from tests.fake_http import KeepAliveHandler, KeepAliveServer, ServedFake, UploadedFile, parse_multipart
 
 __all__ = [
     "Call",
@@ -103,15 +100,6 @@ class Call:
 
 
 @dataclass
-class UploadedFile:
-    """A file part of a multipart/form-data request (e.g. setWebhook's certificate); immutable in practice."""
-
-    filename: str
-    content_type: str
-    data: bytes
-
-
-@dataclass
 class _Fault:
     method: str  # lower-case method name
     status: int
@@ -185,26 +173,6 @@ def _decode_mapping(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: _decode_value(k, v) if isinstance(v, str) else v for k, v in raw.items()}
 
 
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
-    message = BytesParser(_EmailMessage, policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise ValueError("malformed multipart body")
-    params: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        filename = part.get_filename()
-        if filename is not None:
-            params[name] = UploadedFile(filename, part.get_content_type(), data)
-        else:
-            params[name] = _decode_value(name, data.decode("utf-8"))
-    return params
-
-
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -276,7 +244,7 @@ class _Handler(KeepAliveHandler):
                 raise ValueError("a JSON body must be an object")
             return _decode_mapping(decoded)
         if media_type == "multipart/form-data":
-            return _parse_multipart(content_type, body)
+            return parse_multipart(content_type, body, _decode_value)
         return _decode_mapping(dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
 
 
