@@ -187,3 +187,25 @@ def deliver_pending(
         (*to, Outbound(intro)),
         (*to, Outbound(prompts.text("delivery.ask_own_words"))),
     ]
+
+
+def set_homework(
+    session: Session,
+    *,
+    prompts: Prompts,
+    settings: DialogSettings,
+    client: Client,
+    draft: Mapping[str, Any],
+    now: datetime,
+) -> tuple[Homework, str, list[tuple[str, str, Outbound]]]:
+    """Save a homework from a therapist's draft (chat or dashboard) and deliver it if the client is free.
+
+    Returns it, the outcome key for the therapist (``therapist.homework.<key>``:
+    an older undelivered homework ahead of this one counts as ``pending_busy``)
+    and the messages to enqueue. The caller audits, with its own actor.
+    """
+    homework = build_homework(draft=draft, client=client, now=now)
+    session.add(homework)
+    session.flush()
+    outcome, messages = deliver_pending(session, prompts=prompts, settings=settings, client=client, now=now)
+    return homework, "pending_busy" if outcome == "none" else outcome, messages

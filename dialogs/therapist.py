@@ -13,12 +13,11 @@ from dialogs import access, llm_steps
 from dialogs.digest import build_caseload
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
-    build_homework,
-    deliver_pending,
     details,
     field_name,
     missing_elements,
     normalise_field,
+    set_homework,
 )
 from dialogs.nudges import cancel_planned, next_weekly
 from dialogs.onboarding import join_links, new_code
@@ -578,17 +577,17 @@ def draft_review(turn: Turn) -> None:
 
 
 def _save(turn: Turn, client: Client) -> None:
-    homework = build_homework(draft=turn.data.get("draft", {}), client=client, now=turn.now)
-    turn.session.add(homework)
-    turn.session.flush()
+    homework, outcome, messages = set_homework(
+        turn.session,
+        prompts=turn.prompts,
+        settings=turn.settings,
+        client=client,
+        draft=turn.data.get("draft", {}),
+        now=turn.now,
+    )
     turn.audit("homework.set", client, homework_id=homework.id)
     turn.idle()
-    outcome, messages = deliver_pending(
-        turn.session, prompts=turn.prompts, settings=turn.settings, client=client, now=turn.now
-    )
     turn.sends.extend(messages)
-    if outcome == "none":  # an older undelivered homework is ahead of this one
-        outcome = "pending_busy"
     turn.say(f"therapist.homework.{outcome}", id=homework.id, client=client.name, status=client.status)
 
 

@@ -27,7 +27,7 @@ from bot.wiring import Companion
 from dialogs import access, signin
 from dialogs.digest import build_caseload, build_client_digest
 from dialogs.digest_text import quote, rubric
-from dialogs.homework import SPECIFICITY, build_homework, deliver_pending, missing_elements, normalise_field
+from dialogs.homework import SPECIFICITY, missing_elements, normalise_field, set_homework
 from dialogs.messages import enqueue
 from storage import Client, Debrief, FlagLevel, Homework, LogEntry, Occasion, SafetyFlag, Therapist, WebToken
 from storage import queries as q
@@ -251,11 +251,8 @@ def router(companion: Companion) -> APIRouter:
                     notice += " " + prompts.text("web.save_anyway")
                 context = _form_context(client, fields, errors, notice, warned=not errors and bool(missing))
                 return Page("homework.html", context, status=422 if errors else 200)
-            homework = build_homework(draft=draft, client=client, now=now())
-            session.add(homework)
-            session.flush()
-            outcome, messages = deliver_pending(
-                session, prompts=prompts, settings=companion.engine.settings, client=client, now=now()
+            homework, outcome, messages = set_homework(
+                session, prompts=prompts, settings=companion.engine.settings, client=client, draft=draft, now=now()
             )
             for channel, address, message in messages:
                 enqueue(session, channel=channel, address=address, message=message, now=now())
@@ -268,7 +265,6 @@ def router(companion: Companion) -> APIRouter:
                 homework_id=homework.id,
                 missing=len(missing),
             )
-            outcome = "pending_busy" if outcome == "none" else outcome
             return Page(redirect=f"/dashboard/clients/{client.id}?saved={homework.id}&outcome={outcome}")
 
         return await run(request, work, form=True)
