@@ -430,8 +430,8 @@ def reminder_payload(prompts: Prompts, homework_id: int, *, follow_up: bool) -> 
     homework as it is then.
     """
     kind = "follow_up" if follow_up else "nudge"
-    payload = _nudge(prompts, "", None, follow_up=follow_up).to_payload()
-    return {**payload, "text": "", "ref": {"type": kind, "homework_id": homework_id}}
+    reference = Outbound("", kind="choice", options=_answers(prompts), ref={"type": kind, "homework_id": homework_id})
+    return reference.to_payload()
 
 
 def outbound(session: Session, prompts: Prompts, payload: dict[str, Any]) -> Outbound:
@@ -450,12 +450,16 @@ def _nudge(prompts: Prompts, title: str, what: str | None, *, follow_up: bool) -
     key = "nudge.follow_up" if follow_up else "nudge.reminder"
     text = prompts.text(key, title=title, what=what or title)
     ref = {"type": "follow_up" if follow_up else "nudge", "title": title, "what": what or title}
-    options = (
+    return Outbound(text, kind="choice", options=_answers(prompts), ref=ref)
+
+
+def _answers(prompts: Prompts) -> tuple[Option, ...]:
+    """What a reminder offers: done, didn't do it, later."""
+    return (
         Option("done", prompts.text("nudge.done")),
         Option("didn't do it", prompts.text("nudge.not_done")),
         Option("later", prompts.text("nudge.later")),
     )
-    return Outbound(text, kind="choice", options=options, ref=ref)
 
 
 Cursor = tuple[datetime, int]

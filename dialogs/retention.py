@@ -77,7 +77,7 @@ def purge(session: Session, *, policy: RetentionPolicy, now: datetime) -> dict[s
         run("debrief", delete(Debrief).where(col(Debrief.started_at) < cutoff))
         open_alert = and_(col(SafetyFlag.level) == FlagLevel.CRISIS, col(SafetyFlag.acknowledged_at).is_(None))
         run("safetyflag", delete(SafetyFlag).where(col(SafetyFlag.created_at) < cutoff, ~open_alert))
-        settled = col(Occasion.status).in_(_SETTLED) | col(Occasion.status).in_((OccasionStatus.ANSWERED,))
+        settled = col(Occasion.status).in_(_SETTLED)  # answered, not reviewed, missed, skipped, cancelled
         unreferenced = ~exists(select(col(Debrief.id)).where(col(Debrief.occasion_id) == col(Occasion.id)))
         run("occasion", delete(Occasion).where(col(Occasion.due_at) < cutoff, settled, unreferenced))
         attached = or_(
