@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialogs import safety
 from dialogs.safety import LEVELS, RiskAssessment, assess, known_reasons
+from dialogs.safety import lexicon as safety
 
 DATA_DIR: Final = Path(__file__).resolve().parent / "data"
 # The original labelled set, and a second batch written independently, before its author read

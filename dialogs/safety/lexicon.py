@@ -1,4 +1,4 @@
-"""Deterministic, offline risk screen run on every client message before any dialog logic."""
+"""The lexicon layer of the risk screen: deterministic, offline, explainable rules over normalised text."""
 
 # Design in one paragraph: the language lives in prompts/safety/<locale>.yaml (emoji and
 # texting-slang normalisation, benign idioms, modifiers such as negation or past tense, rules,
@@ -32,7 +32,7 @@ Level = Literal["none", "concern", "crisis"]
 
 LEVELS: Final[tuple[Level, ...]] = ("none", "concern", "crisis")
 DEFAULT_LOCALE: Final = "en"
-LEXICON_DIR: Final[Path] = Path(__file__).resolve().parent.parent / "prompts" / "safety"
+LEXICON_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "prompts" / "safety"
 # The only locale names ever turned into a file name: no path tricks through `locale`.
 _LOCALE_SHAPE: Final = re.compile(r"[a-z]{2,3}")
 _RANK: Final[Mapping[str, int]] = {"none": 0, "concern": 1, "crisis": 2}
