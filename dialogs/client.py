@@ -51,8 +51,15 @@ def idle(turn: Turn) -> None:
         start_obstacle(turn, "")
     elif turn.is_("later"):
         cmd_later(turn, "")
-    else:
+    elif turn.is_("acknowledgement"):
+        turn.say("client.acknowledged")
+    elif len(turn.text.split()) < 2:
         turn.say("client.not_understood")
+    else:
+        # Free text outside any flow is rarely nonsense: it is something the client wanted to say.
+        # Offer to keep it for the therapist (one tap), and say what the companion can do.
+        turn.goto("note_offer", "confirm", text=turn.text)
+        turn.say("client.note_offer", kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
 
 
 # --- simple commands -----------------------------------------------------------
@@ -476,6 +483,18 @@ def _save_log(turn: Turn, text: str, homework_id: int | None) -> None:
     turn.say("log.saved")
 
 
+def note_offer_step(turn: Turn) -> None:
+    """The answer to "shall I keep that as a note?"; anything else is read as a new message."""
+    if turn.is_("yes"):
+        _save_log(turn, str(turn.data.get("text", "")), None)
+    elif turn.is_("no"):
+        turn.idle()
+        turn.say("client.note_not_kept")
+    else:
+        turn.idle()
+        idle(turn)
+
+
 def log_step(turn: Turn) -> None:
     if turn.state.step == "text":
         _log_text(turn, turn.text)
@@ -515,6 +534,7 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "debrief": debrief_step,
     "obstacle": obstacle_step,
     "log": log_step,
+    "note_offer": note_offer_step,
     "delete": delete_step,
     "snooze": lambda turn: snooze_step(turn),
 }

@@ -43,6 +43,7 @@ class DialogSettings:
     # ISO country code (or "default") → crisis resource lines; see bot.config.SafetySettings.
     crisis_resources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     alert_ack_timeout: timedelta = timedelta(minutes=15)
+    question_timeout: timedelta = timedelta(minutes=10)  # the direct safety question (dialogs.checkin)
     fallback_contact: tuple[str, str] | None = None  # (channel, address)
     # Nudges (see dialogs.nudges).
     quiet_start: str = "21:30"
