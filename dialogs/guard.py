@@ -17,7 +17,7 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from dialogs.messages import Option, Outbound, about_client, enqueue
-from dialogs.safety import RiskAssessment, assess
+from dialogs.safety import RiskAssessment, Signal, assess
 from dialogs.timeparse import format_local, zone_country
 from dialogs.turn import IDLE, DialogSettings, Turn, split_command
 from prompts import Prompts
@@ -142,6 +142,31 @@ def _ask_question(turn: Turn, assessment: RiskAssessment) -> None:
     turn.session.add(flag)
     turn.state.data = {**turn.state.data, PENDING_QUESTION: {"flag": flag.id, "text": turn.text, "asked": 0}}
     turn.say("checkin.question", kind="choice", options=_question_options(turn))
+
+
+def ask_directly(turn: Turn, reason: str, *, score: float | None = None, alert: bool = True) -> SafetyFlag:
+    """Ask the direct safety question because of something other than a message (a questionnaire answer).
+
+    E.g. PHQ-9 item 9 above 0: the flag records ``reason`` as a signal of the
+    "measure" layer; with ``alert`` the therapist is told at once (not only
+    when the question goes unanswered). The answer is handled like any other
+    direct question's: the next message is read as it.
+    """
+    signal = Signal("measure", "concern", score, reason)
+    flag = _flag(turn, FlagLevel.CONCERN, [reason], RiskAssessment("concern", (reason,), ask=True, signals=(signal,)))
+    flag.question_asked_at = turn.now
+    flag.question_due_at = turn.now + turn.settings.question_timeout
+    flag.question_status = "asked"
+    turn.session.add(flag)
+    turn.state.data = {**turn.state.data, PENDING_QUESTION: {"flag": flag.id, "text": "", "asked": 0}}
+    turn.say("checkin.question", kind="choice", options=_question_options(turn))
+    if alert and turn.client is not None:
+        therapist = _therapist(turn)
+        chat = q.latest_identity(turn.session, therapist_id=therapist.id)
+        if chat is not None:
+            message = alert_message(turn.prompts, turn.settings, flag, turn.client, therapist, context=flag.context)
+            turn.send(chat, message)
+    return flag
 
 
 def _question_options(turn: Turn) -> tuple[Option, ...]:
