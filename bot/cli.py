@@ -98,6 +98,9 @@ def run(
         if config is not None:  # the workers read the same file
             os.environ[CONFIG_ENV] = str(config.resolve())
         companion.db.dispose()  # the schema is up to date; each worker builds its own companion
+        from bot.metrics import prepare_multiprocess
+
+        prepare_multiprocess()  # the workers' counters are summed by whichever one answers /metrics
         from bot import workers as worker_processes
 
         if worker_processes.supported():  # one socket per worker: connections spread evenly (see bot.workers)
