@@ -58,6 +58,7 @@ def test_metrics_show_a_client_week(db_url: str, clock: FrozenClock, tmp_path: P
     companion.settings = companion.settings.model_copy(update={"metrics_token": _secret(TOKEN)})
     add_therapist(companion)
     dana = Chat(companion, "therapist", "Dana")
+
     async def week(h: Harness) -> None:
         # The job `companion run` schedules, paused: the test runs it when the clock says so.
         scheduler = start(db=companion.db, engine=companion.engine, interval_seconds=3600, on_sweep=record_sweep)
@@ -91,14 +92,14 @@ def test_metrics_show_a_client_week(db_url: str, clock: FrozenClock, tmp_path: P
         await h.say(SAM, CRISIS)
         clock.advance(minutes=16)
         sweep_job.func()
-        during, text = await scrape(h)
+        during, _ = await scrape(h)
         assert value(during, "companion_alerts_open") == 1
         assert value(during, "companion_alerts_overdue") == 1
         assert value(during, "companion_safety_flags_recent", level="crisis") == 1
         alert_id = re.search(r"/ack (\d+)", dana.open()).group(1)  # type: ignore[union-attr]
         clock.advance(minutes=4)
         assert "acknowledged" in dana.send(f"/ack {alert_id}")
-        after, text = await scrape(h)
+        after, _ = await scrape(h)
 
         def grew(name: str, **labels: str) -> float:
             return value(after, name, **labels) - value(before, name, **labels)
