@@ -28,7 +28,7 @@ from typing import Any, Final
 from alembic.script import ScriptDirectory
 from cryptography.fernet import InvalidToken
 from sqlalchemy import Text, create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
 from storage import crypto
 from storage.db import Database, alembic_config
@@ -196,11 +196,19 @@ def check_schema(version: str | None) -> None:
 
 
 def check_key(database: Path, keys: Sequence[bytes]) -> int:
-    """Decrypt a sample of every encrypted column with ``keys``; returns how many values were checked."""
-    ring = crypto.ring(keys)
+    """Decrypt a sample of every encrypted column of the SQLite file with ``keys``; returns how many were checked."""
     engine = create_engine(f"sqlite:///{database}")
-    checked = 0
     try:
+        return check_key_on(engine, keys)
+    finally:
+        engine.dispose()
+
+
+def check_key_on(engine: Engine, keys: Sequence[bytes]) -> int:
+    """Decrypt a sample of every encrypted column with ``keys`` (raises BackupError naming the column)."""
+    ring = crypto.ring(keys)
+    checked = 0
+    if True:  # one read-only connection
         with engine.connect() as connection:
             present = set(inspect(connection).get_table_names())
             for table, columns in crypto.encrypted_columns():
@@ -220,8 +228,6 @@ def check_key(database: Path, keys: Sequence[bytes]) -> int:
                                 "set COMPANION_DATA_KEY (or the key file) to the key it was made with"
                             ) from exc
                         checked += 1
-    finally:
-        engine.dispose()
     return checked
 
 

@@ -118,7 +118,7 @@ def register(app: typer.Typer, load: Callable[[Path | None], Settings]) -> None:
         from bot import doctor as checks
 
         settings = load(config)
-        results = checks.run(settings, llm=llm)
+        results = checks.run(settings, llm=llm, config=config)
         for result in results:
             typer.echo(result.line())
         failed = [r for r in results if r.status == checks.FAIL]
