@@ -205,3 +205,19 @@ def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogS
         flag.escalated_at = now
         session.add(flag)
     return len(due)
+
+
+def escalate(turn: Turn, level: str, reasons: Sequence[str]) -> None:
+    """A later layer (LLM mode's risk opinion) rates this message higher than the screen did: act on it.
+
+    Called in the second, short transaction of a model job, after the
+    screen's own (instant) reply went or was decided; it only raises:
+    ``crisis`` takes the screen's crisis path (reply, step stopped, nudges
+    held, therapist alerted), ``concern`` flags and checks in. Any other
+    level does nothing.
+    """
+    if level == "crisis":
+        _crisis(turn, RiskAssessment("crisis", tuple(reasons)))
+    elif level == "concern" and turn.client is not None:
+        _flag(turn, FlagLevel.CONCERN, list(reasons))
+        turn.say("safety.concern", therapist=_therapist(turn).name)

@@ -6,9 +6,10 @@ import logging
 from dataclasses import asdict, dataclass
 
 from dialogs import retention
-from dialogs.digest import send_due_digests
+from dialogs.digest import due_digest_clients, send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import escalate_due_alerts
+from dialogs.llm_steps import narrate
 from dialogs.nudges import SweepCounts, extend_plans, follow_up, send_due_nudges
 from dialogs.retention import RetentionPolicy
 from storage import Database
@@ -47,6 +48,12 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
         with db.unit_of_work() as session:
             if not follow_up(session, prompts=prompts, settings=settings, now=now, counts=counts):
                 break
+    if engine.llm is not None:
+        # LLM mode: the narratives first, each call with no transaction open; the digests then reuse them.
+        with db.unit_of_work() as session:
+            due = due_digest_clients(session, settings=settings, now=now)
+        for client_id in due:
+            narrate(db, llm=engine.llm, prompts=prompts, client_id=client_id, now=now)
     with db.unit_of_work() as session:
         send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts, llm=engine.llm)
     if escalated:
