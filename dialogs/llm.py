@@ -23,6 +23,7 @@ client's name with their pseudonym ("Client 17") and the therapist's with
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -36,6 +37,7 @@ from typing import Any, Final, TypeVar
 
 from sqlmodel import Session
 
+from dialogs.names import scrub_names
 from dialogs.safety import assess
 from prompts import LlmPrompts, Prompts, Template, load_llm
 from storage import LlmUsage
@@ -53,15 +55,33 @@ _HANDLE: Final = re.compile(r"(?<![\w.@])@\w{2,}")
 _ANGLES: Final = str.maketrans({"<": "‹", ">": "›"})
 
 
-def scrub(text: str, *, names: Sequence[str] = (), pseudonym: str = "the client", therapist: Sequence[str] = ()) -> str:
-    """``text`` fit to leave the machine: no e-mail, link, phone number, handle or name; delimiters neutralised."""
+def scrub(
+    text: str,
+    *,
+    names: Sequence[str] = (),
+    pseudonym: str = "the client",
+    therapist: Sequence[str] = (),
+    others: bool = True,
+) -> str:
+    """``text`` fit to leave the machine: no e-mail, link, phone number, handle or name; delimiters neutralised.
+
+    The client's and therapist's names become the pseudonym and "the
+    therapist"; with ``others``, other people's names become "[name]"
+    (:mod:`dialogs.names`, a heuristic for English that errs towards removing).
+    """
     text = _EMAIL.sub("[email]", text)
     text = _URL.sub("[link]", text)
     text = _PHONE.sub("[number]", text)
     text = _HANDLE.sub("[handle]", text)
-    for who, replacement in ((therapist, "the therapist"), (names, pseudonym)):
+    # Known names first, as placeholders the name finder cannot read as words; then everyone else's.
+    marks = {"\ue000": "the therapist", "\ue001": pseudonym}
+    for who, mark in ((therapist, "\ue000"), (names, "\ue001")):
         for name in sorted({n for n in who if n}, key=len, reverse=True):
-            text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", replacement, text, flags=re.IGNORECASE)
+            text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", mark, text, flags=re.IGNORECASE)
+    if others:
+        text = scrub_names(text)
+    for mark, replacement in marks.items():
+        text = text.replace(mark, replacement)
     return text.translate(_ANGLES)
 
 
@@ -213,7 +233,10 @@ class LanguageModel:
         try:
             if schema is not None:
                 kwargs = {"method": self.structured_method} if self.structured_method else {}
-                runnable = self.chat.with_structured_output(schema, include_raw=True, **kwargs)
+                # The schema goes as JSON Schema, not as the pydantic class, and is validated here: given
+                # the class, OpenAI's client validates inside the request and a reply that fails raises
+                # without its usage, so a billed call would be recorded as 0 tokens.
+                runnable = self.chat.with_structured_output(schema.model_json_schema(), include_raw=True, **kwargs)
                 future = self._pool.submit(runnable.invoke, messages)
             else:
                 future = self._pool.submit(self.chat.invoke, messages)
@@ -225,7 +248,7 @@ class LanguageModel:
             result = future.result(timeout=limit)
             if schema is not None:
                 tokens = _usage(result.get("raw"))
-                value = result.get("parsed")
+                value = _validated(schema, _structured(result.get("raw")))
                 if value is None:
                     reason = "invalid"
             else:
@@ -277,6 +300,39 @@ class LanguageModel:
         )
         session.add(row)
         return row
+
+
+def _structured(raw: Any) -> Any:
+    """The structured reply in a raw message, parsed strictly: a tool call's arguments, or JSON content.
+
+    LangChain's own parse is not used: its JSON parser accepts a reply cut
+    off mid-string as a shorter value, which would show the client half a
+    sentence.
+    """
+    calls = getattr(raw, "tool_calls", None) or []
+    if calls:
+        return calls[0].get("args")
+    if getattr(raw, "invalid_tool_calls", None):
+        return None
+    content = _text(raw).strip() if raw is not None else ""
+    if content.startswith("```"):  # some local models fence their JSON
+        content = content.strip("`").removeprefix("json").strip()
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _validated(schema: type[Any], parsed: Any) -> Any:
+    """``parsed`` (a dict from the provider's JSON) as an instance of ``schema``; None if it does not fit."""
+    if isinstance(parsed, schema):
+        return parsed
+    if not isinstance(parsed, dict):
+        return None
+    try:
+        return schema.model_validate(parsed)
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def _usage(message: Any) -> tuple[int, int]:
