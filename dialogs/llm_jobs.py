@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("companion.llm")
 
 PENDING: Final = "pending"
-# How long past its deadline a leased job stays leased: enough for the apply after a call cut at the deadline.
+# How long past the call's timeout (or the deadline, if sooner) a lease lasts: time for the apply.
 LEASE_MARGIN: Final = timedelta(seconds=5)
 # Memory writes are not waited for by anyone; they may run late (after a restart, say) but not forever.
 BACKGROUND_DEADLINE: Final = timedelta(hours=1)
@@ -158,8 +158,13 @@ class JobRunner:
                 statement = statement.where(col(LlmJob.id).in_(list(ids)))
             rows = session.exec(statement).all()
             claimed = []
+            llm = self.engine.llm
             for row in rows:
-                row.claimed_until = max(row.deadline_at, now) + LEASE_MARGIN
+                # Long enough for the call (a live runner finishes by then), short enough that a dead
+                # runner's job is taken over within its deadline. A job still queued when its lease ends
+                # may be called twice by two processes; it is applied once all the same (see apply).
+                left = max(timedelta(0), row.deadline_at - now)
+                row.claimed_until = now + min(left, timedelta(seconds=llm.timeout if llm else 0) or left) + LEASE_MARGIN
                 row.attempts += 1
                 session.add(row)
                 claimed.append(
