@@ -91,7 +91,7 @@ class ConsoleChannel:
         with self.db.unit_of_work() as session:
             self.engine.handle(session, inbound)
         if self.jobs is not None:
-            self.jobs.run_pending()  # the model call, outside the turn's transaction
+            self.jobs.run_pending(chat=(NAME, self.chat))  # the model call, outside the turn's transaction
         self.flush()
 
     def run(self, lines: Iterable[str], *, prompt: str = "") -> None:

@@ -155,8 +155,11 @@ class LanguageModel:
         self._waiting = 0
         self._slots = threading.BoundedSemaphore(max(1, self.max_concurrency))
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.max_concurrency), thread_name_prefix="llm")
-        # Memory reads and writes have their own threads: hung model calls must not starve them.
-        self._memory_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm-memory")
+        # Memory reads and writes have their own threads: hung model calls must not starve them. As many as
+        # call slots: every reply in flight retrieves its context first, and a queue here would delay them all.
+        self._memory_pool = ThreadPoolExecutor(
+            max_workers=max(2, self.max_concurrency), thread_name_prefix="llm-memory"
+        )
 
     @property
     def paused(self) -> bool:

@@ -38,11 +38,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import insert, or_, update
+from sqlalchemy import and_, insert, or_, update
 from sqlmodel import Session, col, select
 
 from storage import ConversationState, Database, LlmJob, OutboxMessage
@@ -127,6 +128,10 @@ class JobRunner:
         self._async_wake: asyncio.Event | None = None
         self._running: set[int] = set()
         self._lock = threading.Lock()
+        # Jobs run on threads of their own: a job waits seconds for its model, and on the event loop's
+        # default executor it would hold threads the webhooks need for their turns (a crisis reply included).
+        slots = engine.llm.max_concurrency if engine.llm is not None else 1
+        self._pool = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="llm-job")
 
     # --- waking ----------------------------------------------------------------------------
 
@@ -140,8 +145,12 @@ class JobRunner:
 
     # --- the three steps ---------------------------------------------------------------------
 
-    def claim(self, *, ids: Iterable[int] | None = None) -> list[Claimed]:
-        """Lease due jobs in one short transaction (pending, and not leased by a live runner)."""
+    def claim(self, *, chat: tuple[str, str] | None = None) -> list[Claimed]:
+        """Lease due jobs in one short transaction (pending, and not leased by a live runner).
+
+        ``chat`` (channel, address) limits it to that chat's jobs and to jobs
+        about no chat (memory writes): what a console waits for.
+        """
         now = self.engine.clock.now()
         with self.db.unit_of_work() as session:
             statement = (
@@ -154,8 +163,9 @@ class JobRunner:
                 .limit(self.batch)
                 .with_for_update(skip_locked=True)
             )
-            if ids is not None:
-                statement = statement.where(col(LlmJob.id).in_(list(ids)))
+            if chat is not None:
+                mine = and_(col(LlmJob.channel) == chat[0], col(LlmJob.address) == chat[1])
+                statement = statement.where(or_(mine, col(LlmJob.channel) == ""))
             rows = session.exec(statement).all()
             claimed = []
             llm = self.engine.llm
@@ -258,15 +268,15 @@ class JobRunner:
 
     # --- driving ---------------------------------------------------------------------------
 
-    def run_pending(self, *, limit: int = 100) -> int:
-        """Claim and work due jobs in this thread's call, each in its own thread; returns how many.
+    def run_pending(self, *, chat: tuple[str, str] | None = None, limit: int = 100) -> int:
+        """Claim and work due jobs (of ``chat`` only, see :meth:`claim`), each in its own thread; returns how many.
 
-        For the console and the CLI (one person waits for the reply) and for
-        tests; the service uses :meth:`run`.
+        For the console (one person waits for the reply: only their chat's
+        jobs, never another's model call) and for tests; the service uses :meth:`run`.
         """
         done = 0
         while done < limit:
-            claimed = self.claim()
+            claimed = self.claim(chat=chat)
             if not claimed:
                 break
             threads = [threading.Thread(target=self.work, args=(job,), name=f"llm-job-{job.id}") for job in claimed]
@@ -280,7 +290,7 @@ class JobRunner:
     async def run(self, stop: asyncio.Event, *, idle: float = 0.5) -> None:
         """Work jobs until ``stop``: woken by :meth:`wake`, else every ``idle`` seconds (other processes' jobs)."""
         self._loop, self._async_wake = asyncio.get_running_loop(), asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Future[None]] = set()
         try:
             while not stop.is_set():
                 self._async_wake.clear()
@@ -289,8 +299,9 @@ class JobRunner:
                 except Exception:  # keep working; the next round retries
                     log.exception("llm job claim failed")
                     claimed = []
+                loop = asyncio.get_running_loop()
                 for job in claimed:
-                    task = asyncio.create_task(asyncio.to_thread(self.work, job))
+                    task = asyncio.ensure_future(loop.run_in_executor(self._pool, self.work, job))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if len(claimed) >= self.batch:

@@ -301,7 +301,27 @@ def _apply_reply(
         turn.sends.clear()
     session.add(state)
     turn.sends[:0] = reflection
-    return before + _rows(turn, after=after)
+    return _merged(before + _rows(turn, after=after), len(before) + len(reflection) - 1)
+
+
+def _merged(rows: list[dict[str, Any]], at: int) -> list[dict[str, Any]]:
+    """The reflection (row ``at``) and the question after it, to the same chat, as one message.
+
+    One reply is one message: platforms pace messages per chat (Telegram
+    about one a second), so two would reach the client a second apart. The
+    question keeps its kind and buttons; the row records the reflection's
+    template, the part the model wrote.
+    """
+    if at + 1 >= len(rows):
+        return rows
+    mine, nxt = rows[at], rows[at + 1]
+    ref = nxt["payload"].get("ref") or {}
+    if (nxt["channel"], nxt["address"]) != (mine["channel"], mine["address"]) or set(ref) - {"about_client"}:
+        return rows  # another chat, or a message rendered by reference at send time (a reminder, a digest)
+    if nxt["payload"].get("kind", "text") not in ("text", "choice", "scale"):
+        return rows
+    payload = {**nxt["payload"], "text": f"{mine['payload']['text']}\n\n{nxt['payload']['text']}"}
+    return [*rows[:at], {**mine, "payload": payload}, *rows[at + 2 :]]
 
 
 def _confirm_instead(turn: Turn) -> bool:

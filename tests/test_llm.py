@@ -356,8 +356,12 @@ def test_numbers_read_in_prose_are_confirmed_before_they_are_stored(world: World
         }
     # The budget: one call per client message, and none for the confirmations.
     assert len(world.model.prompts) == 4 and len(world.usage()) == 4
-    confirm_rows = [r for r in _rows(world.companion) if r.prompt_key == "llm.client.confirm_rating"]
-    assert len(confirm_rows) == 2 and all(r.prompt_version == "1" for r in confirm_rows)
+    rows = _rows(world.companion)
+    confirm_rows = [r for r in rows if r.prompt_key == "llm.client.confirm_rating"]
+    assert len(confirm_rows) == 1 and all(r.prompt_version == "1" for r in confirm_rows)
+    # The first confirmation went out with the reflection before it, as one message (one reply per message).
+    merged = [r for r in rows if r.prompt_key == "llm.reflection" and "I'd record 80" in r.payload["text"]]
+    assert len(merged) == 1 and merged[0].payload["kind"] == "choice"
 
 
 def test_the_scripted_question_comes_when_nothing_was_read(world: World) -> None:
