@@ -150,6 +150,7 @@ class LanguageModel:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._runnables: dict[type[Any], Any] = {}
         self._paused_until = 0.0
         self._failures = 0
         self._waiting = 0
@@ -191,6 +192,16 @@ class LanguageModel:
         queued = time.monotonic() - started
         log.info("llm %s waited %.2f s in the queue%s", purpose, queued, "" if got else " and gave up (deadline)")
         return got, queued
+
+    def _structured_runnable(self, schema: type[Any], kwargs: dict[str, Any]) -> Any:
+        """The chat model bound to ``schema``'s JSON Schema, built once per schema (it costs CPU per call)."""
+        with self._lock:
+            cached = self._runnables.get(schema)
+        if cached is None:
+            cached = self.chat.with_structured_output(schema.model_json_schema(), include_raw=True, **kwargs)
+            with self._lock:
+                self._runnables[schema] = cached
+        return cached
 
     def _provider_result(self, reason: str | None) -> None:
         with self._lock:
@@ -239,7 +250,7 @@ class LanguageModel:
                 # The schema goes as JSON Schema, not as the pydantic class, and is validated here: given
                 # the class, OpenAI's client validates inside the request and a reply that fails raises
                 # without its usage, so a billed call would be recorded as 0 tokens.
-                runnable = self.chat.with_structured_output(schema.model_json_schema(), include_raw=True, **kwargs)
+                runnable = self._structured_runnable(schema, kwargs)
                 future = self._pool.submit(runnable.invoke, messages)
             else:
                 future = self._pool.submit(self.chat.invoke, messages)
