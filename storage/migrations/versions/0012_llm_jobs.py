@@ -1,7 +1,7 @@
 """llm jobs: model calls decided in a turn, run after its commit
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-03 18:45:00
 """
 
@@ -15,7 +15,7 @@ import storage._types
 import storage.crypto
 
 revision = '0012'
-down_revision = '0008'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
