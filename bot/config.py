@@ -229,6 +229,9 @@ class MemorySettings(_Section):
     # all-MiniLM-L6-v2 shipped in the memory-local extra ("local", also the choice with Anthropic).
     embeddings: Literal["provider", "local"] = "provider"
     embedding_model: str | None = Field(default=None, description="e.g. text-embedding-3-small, nomic-embed-text")
+    # Where provider embeddings are served, when not at llm.base_url (llama.cpp and vLLM serve one model
+    # per process: the embedding model runs as a second server).
+    base_url: str | None = Field(default=None, description="an OpenAI-compatible or Ollama embeddings endpoint")
     top_k: int = Field(default=3, ge=1, le=10)
     timeout_seconds: float = Field(default=2, gt=0, le=30)
 

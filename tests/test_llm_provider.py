@@ -191,7 +191,7 @@ def test_a_memory_that_cannot_work_is_a_start_up_warning_and_shown_in_usage(
         companion = provider_companion(sqlite_url, clock, tmp_path, fake)
     assert companion.engine.memory is None
     warning = next(r.getMessage() for r in caplog.records if "memory is OFF" in r.getMessage())
-    assert "llm.base_url serves /embeddings" in warning and "memory.embeddings: local" in warning
+    assert "memory.base_url (or llm.base_url) serves embeddings" in warning and "memory.embeddings: local" in warning
     config = tmp_path / "c.yaml"
     config.write_text(
         f"llm: {{provider: openai, base_url: '{fake.base_url}', model: local-model}}\n"
