@@ -158,7 +158,7 @@ def chat(
                 )
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
-    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)
+    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address, jobs=companion.jobs)
     interactive = sys.stdin.isatty()
     stop = threading.Event()
     if interactive:

@@ -46,7 +46,10 @@ class Engine:
     records it wrote (debriefs, homework, notes) and the outbox rows land
     together or not at all. Turns of one chat are serialised by a row lock on
     its conversation state. The engine never talks to a platform; channel
-    adapters deliver the outbox.
+    adapters deliver the outbox. In LLM mode it never calls the model
+    either: a turn that wants a model reply writes a job instead of its
+    outbox rows (dialogs.llm_jobs), run after the commit; ``on_job`` and
+    ``on_outbox`` are the wake-up hints the composition root sets.
     """
 
     def __init__(

@@ -3,22 +3,25 @@
 The scripted dialog is the default and always the fallback. When an
 operator configures a provider, :mod:`bot.wiring` builds a LangChain chat
 model and injects it here as a :class:`LanguageModel`; nothing in
-``dialogs/`` constructs one or knows the provider. The steps that use it
-(:mod:`dialogs.llm_steps`) call :meth:`LanguageModel.call`, which
+``dialogs/`` constructs one or knows the provider. The job runner
+(:mod:`dialogs.llm_jobs`, with the steps in :mod:`dialogs.llm_steps`) calls
+:meth:`LanguageModel.call` after a turn's commit, never inside a
+transaction; the call
 
-- runs the model in a worker thread and waits at most ``timeout`` seconds,
-  so a hung provider cannot hold the turn's transaction (or its row lock)
-  longer than that; the abandoned call finishes or fails on its own, and
-  the pool is small, so a provider outage cannot pile up threads;
+- waits for one of ``max_concurrency`` slots (queueing, logged, counted
+  against the client's deadline but never as provider time), then runs the
+  model in a worker thread for at most ``timeout`` seconds;
 - turns any exception, timeout or unparseable reply into ``None`` with a
-  reason, logged (the reason only, never client text);
-- records one :class:`storage.LlmUsage` row per call in the caller's unit
-  of work, with the tokens LangChain's ``usage_metadata`` reports.
+  reason, logged (the reason only, never client text), and pauses calls
+  only after several provider failures in a row;
+- keeps the tokens the provider reported, whether or not the reply was
+  usable, for the usage row the caller writes (:meth:`LanguageModel.record`).
 
 What leaves the machine is minimised: :func:`scrub` removes e-mail
 addresses, links, phone numbers and handles from client text, replaces the
-client's name with their pseudonym ("Client 17") and the therapist's with
-"the therapist", and neutralises the delimiters that mark the text as data.
+client's name with their pseudonym ("Client 17"), the therapist's with
+"the therapist" and other people's with "[name]" (:mod:`dialogs.names`),
+and neutralises the delimiters that mark the text as data.
 """
 
 from __future__ import annotations

@@ -4,14 +4,16 @@ Every function here is a no-op when no model is configured (``turn.llm``
 is None), so the scripted dialog is unchanged byte for byte; and each one
 falls back to the scripted step on any failure (see :mod:`dialogs.llm`).
 
-- **Reflection and extraction** (:func:`reflect`): after a free-text answer
-  in the debrief (or the obstacle talk), one call returns one or two
-  sentences reflecting the answer, at most one follow-up question, and the
-  facts the answer states (did it, amount, obstacles, emotions, ratings).
-  The reflection is said before the next scripted question; a follow-up
-  question is asked once per step, and its answer is added to the same
-  field. The client's message is screened for risk before the call, and
-  the reply after it.
+- **Reflection and extraction** (:func:`reflect`, then :func:`run_reply`
+  after the turn's commit): after a free-text answer in the debrief (or
+  the obstacle talk), one call returns one or two sentences reflecting the
+  answer, at most one follow-up question, the facts the answer states (did
+  it, amount, obstacles, emotions, ratings) and the model's opinion of the
+  risk (which can only raise the screen's level: :func:`dialogs.guard.escalate`).
+  The reflection goes out with the next scripted question, as one message;
+  a follow-up question is asked once per step, and its answer is added to
+  the same field. The client's message is screened for risk before the
+  call, and the reply after it.
 - **Confirmation** (:func:`confirm_extra`, :func:`confirm_quantity`,
   :func:`confirmed`): a number the model read in the prose is never stored
   as the client's until they confirm it; a number they did not write
@@ -19,8 +21,13 @@ falls back to the scripted step on any failure (see :mod:`dialogs.llm`).
 - **Memory** (:func:`remember`, :func:`_context`): completed debriefs, log
   entries and therapist notes are remembered per client; the few nearest
   to the current homework and answer ground the reflection.
-- **Narrative** (:func:`with_narrative`): two to four sentences on top of
-  the digest's data, at most one call per client per digest period.
+- **Narrative** (:func:`narrate`, outside any transaction; reused by
+  :func:`with_narrative` inside one): two to four sentences on top of the
+  digest's data, at most one call per client per digest period.
+
+No function here calls a model or the memory inside the turn's
+transaction: the turn records a job (:mod:`dialogs.llm_jobs`), and the
+``run_*`` functions do the calls after its commit.
 
 Budget: at most :data:`CALLS_PER_MESSAGE` model call per client message
 (``turn.llm_calls``).

@@ -444,3 +444,33 @@ def test_concurrent_replies_wait_only_for_their_own_call_and_crisis_and_commands
     with companion.db.unit_of_work() as session:
         assert session.exec(select(Debrief)).all()
     companion.db.dispose()
+
+
+def test_time_in_the_queue_is_not_provider_time(fake: FakeOpenAI) -> None:
+    """One slot, a 0.5 s timeout, a 0.3 s model, three calls at once: the third queues 0.6 s and still succeeds."""
+    from bot.config import Settings
+    from bot.wiring import language_model
+    from dialogs.llm import messages
+
+    fake.latency = 0.3
+    settings = Settings(
+        llm={"provider": "openai", "base_url": fake.base_url, "model": "local-model", "timeout_seconds": 0.5}
+    )
+    llm = language_model(settings)
+    assert llm is not None
+    llm.max_concurrency = 1
+    llm.__post_init__()  # one slot
+    outcomes: list[Any] = []
+    threads = [
+        threading.Thread(
+            target=lambda: outcomes.append(llm.call(purpose="test", messages=messages("system", "hello"), wait=5))
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(o.reason or "ok" for o in outcomes) == ["ok", "ok", "ok"]
+    assert max(o.queued for o in outcomes) > 0.5  # longer than the timeout, spent waiting, not calling
+    assert fake.max_in_flight == 1 and not llm.paused
