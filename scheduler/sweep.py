@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from dialogs import retention
@@ -54,8 +55,10 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
         # LLM mode: the narratives first, each call with no transaction open; the digests then reuse them.
         with db.unit_of_work() as session:
             due = due_digest_clients(session, settings=settings, now=now)
-        for client_id in due:
-            narrate(db, llm=engine.llm, prompts=prompts, client_id=client_id, now=now)
+        llm = engine.llm
+        # Several at once (within the model's own call slots): a weekly digest can cover a whole caseload.
+        with ThreadPoolExecutor(max_workers=max(1, min(llm.max_concurrency, len(due) or 1))) as pool:
+            list(pool.map(lambda client_id: narrate(db, llm=llm, prompts=prompts, client_id=client_id, now=now), due))
     with db.unit_of_work() as session:
         send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts, llm=engine.llm)
     if escalated:

@@ -474,3 +474,24 @@ def test_time_in_the_queue_is_not_provider_time(fake: FakeOpenAI) -> None:
     assert sorted(o.reason or "ok" for o in outcomes) == ["ok", "ok", "ok"]
     assert max(o.queued for o in outcomes) > 0.5  # longer than the timeout, spent waiting, not calling
     assert fake.max_in_flight == 1 and not llm.paused
+
+
+def test_the_sweeps_digest_carries_a_narrative_written_outside_its_transaction(
+    sqlite_url: str, clock: FrozenClock, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    from scheduler.sweep import sweep
+
+    narrative = "The client rode the bus and found the first minute hardest."
+    companion = provider_companion(sqlite_url, clock, tmp_path, fake)
+    dana, sam = debrief_ready(companion)
+    for answer in ("Rode two stops on the 73 at 10am", "no faint", "the first minute", "it passes", "80", "35", "4"):
+        sam.send(answer)
+    dana.open()
+    dana.send("/session Sam tomorrow 10:00")
+    fake.answer = lambda body: {"text": narrative}
+    clock.advance(hours=23)
+    sweep(db=companion.db, engine=companion.engine)
+    digest = dana.open()
+    assert "Digest for Sam" in digest and narrative in digest
+    assert [u.purpose for u in usage(companion)].count("narrative") == 1
+    companion.db.dispose()
