@@ -108,6 +108,7 @@ def supersede(session: Session, *, state_id: int | None) -> int:
     for job in jobs:
         insert_outbox(session, outbox_rows(job.fallback))
         job.status, job.outcome = "superseded", "fallback:superseded"
+        job.request, job.fallback = {}, []  # the text it carried is not kept once it is finished
         session.add(job)
     return len(jobs)
 
@@ -258,7 +259,12 @@ class JobRunner:
                 return False  # superseded by the chat's next message, or applied by another process
             rows, status, outcome = decide(session, state)
             insert_outbox(session, outbox_rows(rows))
-            session.execute(update(LlmJob).where(col(LlmJob.id) == job.id).values(status=status, outcome=outcome))
+            # A finished job keeps its bookkeeping, not the client's text it carried (prompt parts, replies).
+            session.execute(
+                update(LlmJob)
+                .where(col(LlmJob.id) == job.id)
+                .values(status=status, outcome=outcome, request={}, fallback=[])
+            )
         if rows:
             self.engine.notify_outbox()
         return True

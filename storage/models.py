@@ -396,7 +396,9 @@ class LlmJob(SQLModel, table=True):
     (``flow``/``step`` and this row still ``pending``), and moves ``status``
     on with a conditional UPDATE: a result is applied once, by one process.
     A crash between the two leaves the row pending; it is run again after
-    its lease, or falls back once its deadline has passed.
+    its lease, or falls back once its deadline has passed. A finished job
+    keeps its bookkeeping but not the text it carried (``request`` and
+    ``fallback`` are emptied).
     """
 
     __table_args__ = (Index("ix_llmjob_pending", "status", "id"),)
