@@ -300,8 +300,8 @@ class JobRunner:
         try:
             while not stop.is_set():
                 self._async_wake.clear()
-                try:
-                    claimed = await asyncio.to_thread(self.claim)
+                try:  # on the runner's threads too: the default executor may be full of webhook turns
+                    claimed = await asyncio.get_running_loop().run_in_executor(self._pool, self.claim)
                 except Exception:  # keep working; the next round retries
                     log.exception("llm job claim failed")
                     claimed = []
