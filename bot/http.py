@@ -111,6 +111,16 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=links)
         if background:
             tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
+            senders = list(app.state.senders.values())
+
+            def wake_senders() -> None:
+                for each in senders:
+                    each.wake()
+
+            # A reply the job runner wrote goes out at once, not at the senders' next idle poll.
+            companion.engine.on_outbox = wake_senders
+            if companion.jobs is not None:
+                tasks.append(asyncio.create_task(companion.jobs.run(stop)))
         scheduler = None
         if run_scheduler:
             from scheduler.runner import start

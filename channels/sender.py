@@ -129,17 +129,28 @@ class OutboxSender:
                 await asyncio.to_thread(self._settle, sent)
         return len(claimed)
 
+    def wake(self) -> None:
+        """New rows were committed (from any thread): drain now instead of at the next idle poll."""
+        loop, event = getattr(self, "_loop", None), getattr(self, "_woken", None)
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(event.set)
+
     async def run(self, stop: asyncio.Event, *, idle: float = 0.5) -> None:
-        """Drain until ``stop`` is set, waiting ``idle`` seconds when there is nothing to send."""
+        """Drain until ``stop`` is set; with nothing to send, wait ``idle`` seconds or until :meth:`wake`."""
+        self._loop, self._woken = asyncio.get_running_loop(), asyncio.Event()
         while not stop.is_set():
+            self._woken.clear()
             try:
                 sent = await self.drain_once()
             except Exception:  # keep delivering; the next round retries
                 log.exception("outbox drain failed for %s", self.channel.name)
                 sent = 0
             if not sent:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=idle)
+                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._woken.wait())}
+                _, pending = await asyncio.wait(waits, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending:
+                    waiter.cancel()
 
     # --- database steps (run in a worker thread) ---------------------------------------
 

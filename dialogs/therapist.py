@@ -258,11 +258,8 @@ def cmd_digest(turn: Turn, rest: str) -> None:
     if found is None:
         return
     turn.audit("digest.read", found[0])
-    # Scripted: the plain digest; LLM mode adds a short narrative on top of the data.
-    message = llm_steps.digest_message(
-        turn.session, llm=turn.llm, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now
-    )
-    turn.sends.append((turn.inbound.channel, turn.inbound.address, message))
+    # Scripted: the plain digest; LLM mode adds a short narrative on top of the data (written after the commit).
+    llm_steps.digest_reply(turn, found[0], turn.therapist)
 
 
 def cmd_note(turn: Turn, rest: str) -> None:

@@ -384,6 +384,46 @@ class LlmUsage(SQLModel, table=True):
     output: str | None = Field(default=None, sa_type=EncryptedText)
 
 
+class LlmJob(SQLModel, table=True):
+    """A model call (or memory write) a turn decided on, run after its commit, outside any transaction.
+
+    A turn that wants a model's reply writes this row *instead of* its
+    outbox rows, which it keeps in ``fallback`` (the scripted reply, sent as
+    is if the call fails or ``deadline_at`` passes). A runner leases the row
+    (``claimed_until``, as the outbox sender does), calls the model with no
+    transaction open, and applies the result in a second, short transaction
+    that locks the chat's state, checks it still is where the turn left it
+    (``flow``/``step`` and this row still ``pending``), and moves ``status``
+    on with a conditional UPDATE: a result is applied once, by one process.
+    A crash between the two leaves the row pending; it is run again after
+    its lease, or falls back once its deadline has passed. A finished job
+    keeps its bookkeeping but not the text it carried (``request`` and
+    ``fallback`` are emptied).
+    """
+
+    __table_args__ = (Index("ix_llmjob_pending", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # reply | narrative | remember | forget
+    client_id: int | None = Field(default=None, index=True)  # no FK: a forget job outlives the client row
+    state_id: int | None = None  # the ConversationState whose turn made it (reply jobs)
+    flow: str = ""  # where that turn left the chat: the result applies only if it is still there
+    step: str = ""
+    channel: str = ""
+    address: str = ""
+    # What the call needs (scrubbed prompt parts, the original message for number checks): client text.
+    request: dict[str, Any] = Field(default_factory=dict, sa_column=Column(EncryptedJSON, nullable=False))
+    # The turn's scripted outbox rows, sent as they are on any failure.
+    fallback: list[Any] = Field(default_factory=list, sa_column=Column(EncryptedJSON, nullable=False))
+    status: str = "pending"  # pending | done | fallback | superseded
+    outcome: str | None = None  # ok, or fallback:<reason>
+    created_at: datetime = _ts(nullable=False)
+    deadline_at: datetime = _ts(nullable=False)
+    claimed_until: datetime | None = _ts()
+    attempts: int = 0
+    finished_at: datetime | None = _ts()
+
+
 class WebToken(SQLModel, table=True):
     """A dashboard sign-in link (single use, short-lived) or a dashboard session.
 
