@@ -9,10 +9,11 @@ arrives and answers it ``--latency`` seconds later (what the issue measured
 with: 0.3 s). Each run queues ``--nudges`` due nudges to as many chats,
 kills the service ``--kills`` times at evenly spaced points, restarts it each
 time, and waits until every row is sent. Reported: messages lost (never
-arrived), duplicates (arrived twice), how many requests were open at the
-fake at each kill (in flight: the bound on duplicates), and the time from
-each restart to its first send (from the process's start, and from
-uvicorn's "startup complete").
+arrived), duplicates (arrived twice), how many requests were still open at
+the fake just after each kill (an undercount of what was in flight: the
+fake answers those within ``--latency``, and rows answered but not yet
+committed are in flight too), and the time from each restart to its first
+send (from the process's start, and from uvicorn's "startup complete").
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def main() -> None:
                 print(
                     f"kill {r['backend']:10} {r['nudges']:,} nudges, {r['kills']} kills: lost {r['lost']}, "
                     f"duplicates {r['duplicates']} ({100 * r['duplicates'] / r['nudges']:.2f} %), "
-                    f"in flight at each kill {r['in_flight']}, restart to first send {spawn} s from spawn / "
+                    f"open at the fake after each kill {r['in_flight']}, restart to first send {spawn} s from spawn / "
                     f"{ready} s from startup complete, all sent in {r['seconds']:.0f} s, load {r['load']}",
                     flush=True,
                 )

@@ -391,6 +391,9 @@ class OutboxSender:
         # A claim holds about a second of sends, so a reply written meanwhile waits at most that long.
         paced = max(concurrency, math.ceil(limiter.per_second)) if limiter.per_second > 0 else batch
         self.batch = min(batch, paced)
+        # Likewise per chat: a claim takes about a second of one chat's rows, so other chats (and other
+        # processes) are not kept waiting behind one chat's long queue.
+        self.per_chat = min(PER_CHAT, max(1, math.ceil(1 / limiter.chat_gap))) if limiter.chat_gap > 0 else PER_CHAT
         self.identity = identity or SenderIdentity(db)
         self._settler = _Settler(self._settle)
 
@@ -417,10 +420,15 @@ class OutboxSender:
                         return  # deferred: this chat's later rows wait, in order
 
         try:
-            await asyncio.gather(*(serve(rows) for rows in chats.values()))
+            # Every chat finishes before the rows are handed back, even when one fails.
+            failures = [
+                r for r in await asyncio.gather(*(serve(rows) for rows in chats.values()), return_exceptions=True) if r
+            ]
         finally:
             if claimed:
                 await asyncio.to_thread(self._release, [row.id for row in claimed])
+        if failures:
+            raise failures[0]
         return len(claimed)
 
     async def run(self, stop: asyncio.Event, *, idle: float = 0.5) -> None:
@@ -484,7 +492,7 @@ class OutboxSender:
                 for row_id, claimed_by, next_attempt_at in by_chat.get(chat, []):
                     held = claimed_by is not None and claimed_by in others
                     waiting = next_attempt_at is not None and next_attempt_at > now
-                    if held or waiting or len(leading) >= PER_CHAT:
+                    if held or waiting or len(leading) >= self.per_chat:
                         break
                     leading.append(row_id)
                 if leading and total < self.batch:

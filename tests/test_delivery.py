@@ -219,8 +219,11 @@ def _max_in_window(times: list[float], window: float = 1.0) -> int:
 
 
 def test_two_processes_share_the_overall_and_the_per_chat_rate(db_url: str, fake: FakeBotAPI, tmp_path: Path) -> None:
-    """20/s overall and 2/s per chat are configured; two processes together must stay within both."""
-    per_second, per_chat, chats, each = 20, 2, 10, 12
+    """20/s overall and 2/s per chat are configured; two processes together must stay within both.
+
+    40 chats of 6 messages: each process alone could fill the 20/s, so the budget must be shared.
+    """
+    per_second, per_chat, chats, each = 20, 2, 40, 6  # each process alone could send 20/s: they must share
     _queue(db_url, [])  # the schema first: the two processes then start together
     services = [Service(db_url, fake, tmp_path, per_second=per_second, per_chat=per_chat) for _ in range(2)]
     try:
@@ -234,11 +237,17 @@ def test_two_processes_share_the_overall_and_the_per_chat_rate(db_url: str, fake
     sends = _sends(fake)
     assert len(sends) == chats * each and len({text for _, _, text in sends}) == chats * each
     times = [at for at, _, _ in sends]
-    # Scheduling jitter on a loaded machine may bring two slots closer: one extra send per second at most.
-    assert _max_in_window(times) <= per_second + 1
+    # Scheduling jitter on a loaded machine may bring slots closer: 10 % over in the busiest second at most.
+    assert _max_in_window(times) <= per_second * 1.1
     assert (len(times) - 1) / (times[-1] - times[0]) <= per_second * 1.05
+    closest = []
     for c in range(chats):
         mine = [(at, text) for at, chat, text in sends if chat == str(7_000 + c)]
         assert [text for _, text in mine] == [f"chat {c} message {i}" for i in range(each)]  # in order
         gaps = [b - a for (a, _), (b, _) in itertools.pairwise(mine)]
         assert min(gaps) >= 0.9 / per_chat, f"chat {c}: {min(gaps):.3f} s between two sends"
+        closest.append(min(gaps))
+    print(  # the figures for BENCHMARKS.md / the report (pytest -s)
+        f"two processes: busiest second {_max_in_window(times)}, average "
+        f"{(len(times) - 1) / (times[-1] - times[0]):.2f}/s, closest sends to one chat {min(closest):.3f} s"
+    )
