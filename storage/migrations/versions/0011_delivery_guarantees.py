@@ -1,7 +1,7 @@
 """delivery guarantees: sender processes and heartbeats, a shared rate budget, outbox priority and parts
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-03 18:50:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import storage._types
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
