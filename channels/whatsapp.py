@@ -223,6 +223,8 @@ class WhatsAppChannel:
             row.delivery_status, row.error_code = status, code
             if status in ("failed", "undelivered"):
                 if code in RETRYABLE_CODES:
+                    # The sid is the last part's; parts_sent still counts the parts before it, so only
+                    # the failed last part goes again.
                     row.sent_at, row.platform_id, row.next_attempt_at = None, None, now + timedelta(minutes=1)
                 elif code == WINDOW_CLOSED_CODE:
                     row.failed_at, row.last_error = now, OUTSIDE_WINDOW
