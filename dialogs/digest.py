@@ -56,7 +56,7 @@ from storage import (
 )
 from storage import queries as q
 from storage.crypto import EncryptedJSON, EncryptedText
-from storage.models import OccasionStatus
+from storage.models import BULK, OccasionStatus
 
 if TYPE_CHECKING:
     from dialogs.llm import LanguageModel
@@ -687,7 +687,7 @@ def send_due_digests(
         chat = q.latest_identity(session, therapist_id=client.therapist_id)
         if therapist is not None and chat is not None:
             message = digest_message(session, llm=llm, prompts=prompts, client=client, therapist=therapist, now=now)
-            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
+            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now, priority=BULK)
             access.audit(session, actor=access.SYSTEM, action="digest.sent", now=now, client=client)
             counts.digests += 1
         client.digest_sent_for = client.next_session_at
@@ -723,7 +723,7 @@ def send_due_digests(
                 if d.status != ClientStatus.INVITED
             ]
             for message in messages:
-                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
+                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now, priority=BULK)
                 counts.digests += 1
             access.audit(
                 session,

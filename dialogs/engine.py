@@ -15,7 +15,7 @@ from dialogs.clock import Clock
 from dialogs.homework import deliver_pending
 from dialogs.llm import LanguageModel
 from dialogs.llm_jobs import new_job, supersede
-from dialogs.messages import Inbound
+from dialogs.messages import Inbound, outbox_row
 from dialogs.turn import IDLE, DialogSettings, Turn, clean_text, split_command
 from prompts import Prompts
 from storage import ClientStatus, OutboxMessage, Therapist
@@ -125,18 +125,7 @@ class Engine:
         state.last_inbound_at = state.updated_at = now
         session.add(state)
         session.flush()
-        queued = [
-            {
-                "channel": channel,
-                "address": address,
-                "payload": message.to_payload(),
-                "created_at": now,
-                "attempts": 0,
-                "prompt_key": message.prompt_key,
-                "prompt_version": message.prompt_version,
-            }
-            for channel, address, message in turn.sends
-        ]
+        queued = [outbox_row(channel, address, message, now) for channel, address, message in turn.sends]
         if turn.job is not None:
             # LLM mode: the model is called after this commit; until its reply (or the deadline) the
             # turn's messages wait in the job, so the client gets one coherent reply.

@@ -333,11 +333,12 @@ def alert_message(
     if again:
         body = prompts.text("safety.alert_again") + "\n" + body
     ack = Option(f"/ack {flag.id}", prompts.text("safety.ack_button"))
+    # "alert" lets the acknowledgement find every copy of this alert again and edit it (dialogs.therapist.cmd_ack).
     return Outbound(
         body,
         kind="alert",
         options=(ack,),
-        ref=about_client(flag.client_id),
+        ref={**(about_client(flag.client_id) or {}), "alert": flag.id},
         prompt_key="safety.alert",
         prompt_version=prompts.version,
     )
@@ -346,11 +347,13 @@ def alert_message(
 def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime) -> int:
     """Send unacknowledged crisis alerts again once their time is up; returns how many.
 
-    The re-alert goes to every chat the therapist has linked other than the
-    one that got the first alert (or that one again if it is the only one),
-    and to the practice fallback contact when configured. Each alert is
-    escalated once; rows are claimed with ``SKIP LOCKED`` so several
-    processes never escalate the same alert twice.
+    The re-alert goes to every chat the therapist actually reads: every
+    linked platform chat (Slack, Telegram, WhatsApp, web), the first alert's
+    included; the console chat (which `companion therapist add` creates for
+    every therapist) only when it is the only one; and to the practice
+    fallback contact when configured. Each alert is escalated once; rows are
+    claimed with ``SKIP LOCKED`` so several processes never escalate the
+    same alert twice.
     """
     due = session.exec(
         select(SafetyFlag)
@@ -371,9 +374,9 @@ def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogS
         chats = list(
             session.exec(select(Identity).where(Identity.therapist_id == therapist.id).order_by(col(Identity.id)))
         )
-        first = chats[-1:] if chats else []
-        targets = [(c.channel, c.address) for c in chats if c not in first] or [(c.channel, c.address) for c in first]
-        if settings.fallback_contact:
+        platforms = [(c.channel, c.address) for c in chats if c.channel != q.CONSOLE]
+        targets = platforms or [(c.channel, c.address) for c in chats]
+        if settings.fallback_contact and settings.fallback_contact not in targets:
             targets.append(settings.fallback_contact)
         for channel, address in targets:
             enqueue(session, channel=channel, address=address, message=message, now=now)

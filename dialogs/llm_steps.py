@@ -48,8 +48,8 @@ from sqlmodel import Session, col, select
 
 from dialogs.digest import ClientDigest
 from dialogs.llm import LanguageModel, check_text, messages, name_parts, scrub
-from dialogs.llm_jobs import BACKGROUND_DEADLINE, Claimed, JobRunner, new_job
-from dialogs.messages import Inbound, Option, Outbound
+from dialogs.llm_jobs import BACKGROUND_DEADLINE, Claimed, JobRunner, new_job, stored_rows
+from dialogs.messages import Inbound, Option, Outbound, outbox_row
 from dialogs.safety import assess
 from dialogs.turn import Turn
 from prompts import Extra, Prompts
@@ -347,18 +347,7 @@ def _confirm_instead(turn: Turn) -> bool:
 
 def _rows(turn: Turn, *, after: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """``turn.sends`` as stored outbox rows, followed by ``after``."""
-    rows = [
-        {
-            "channel": channel,
-            "address": address,
-            "payload": message.to_payload(),
-            "created_at": turn.now.isoformat(),
-            "attempts": 0,
-            "prompt_key": message.prompt_key,
-            "prompt_version": message.prompt_version,
-        }
-        for channel, address, message in turn.sends
-    ]
+    rows = stored_rows(outbox_row(channel, address, message, turn.now) for channel, address, message in turn.sends)
     return rows + list(after or [])
 
 

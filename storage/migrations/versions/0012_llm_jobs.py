@@ -15,7 +15,7 @@ import storage._types
 import storage.crypto
 
 revision = '0012'
-down_revision = '0009'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
