@@ -46,7 +46,16 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
-from channels.base import AsyncOutputChannel, DeliveryError, Rejected, RetryLater, Transient, Undeliverable, Unreachable
+from channels.base import (
+    AsyncOutputChannel,
+    DeliveryError,
+    Progress,
+    Rejected,
+    RetryLater,
+    Transient,
+    Undeliverable,
+    Unreachable,
+)
 from dialogs.clock import Clock
 from storage import Client, Database, LlmUsage, OutboxMessage, SafetyFlag
 from storage.models import FlagLevel
@@ -122,10 +131,10 @@ class InstrumentedChannel:
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self._channel, attribute)
 
-    async def send(self, address: str, message: Outbound) -> str | None:
+    async def send(self, address: str, message: Outbound, progress: Progress | None = None) -> str | None:
         name = self._channel.name
         try:
-            platform_id = await self._channel.send(address, message)
+            platform_id = await self._channel.send(address, message, progress)
         except Exception as exc:
             result = next((label for kind, label in _RESULTS if isinstance(exc, kind)), "error")
             SENDS.labels(name, result).inc()

@@ -138,7 +138,7 @@ def test_workers_share_one_exposition_in_multiprocess_mode(
         "from bot.metrics import instrumented\n"
         "class Channel:\n"
         "    name = 'telegram'\n"
-        "    async def send(self, address, message):\n"
+        "    async def send(self, address, message, progress=None):\n"
         "        return 'ok'\n"
         "channel = instrumented(Channel())\n"
         "for _ in range(3):\n"

@@ -20,6 +20,7 @@ from dialogs.clock import FrozenClock
 from storage import LogEntry
 from storage import queries as q
 from tests.conftest import MONDAY, TEST_DATA_KEY
+from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlackAPI
 from tests.fake_telegram import FakeBotAPI
 from tests.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilioAPI
@@ -178,15 +179,22 @@ def test_configuration_faults_and_what_is_off(tmp_path: Path) -> None:
     assert "not called (add --llm" in line(lines, "llm", "skip")
 
 
-def test_llm_is_called_only_with_the_flag(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"llm": {"provider": "openai"}, "memory": {"enabled": False}}))
-    env = {"OPENAI_API_KEY": "sk-test"}
-    _, lines = doctor(config, env)
-    assert "not called" in line(lines, "llm", "skip")
-    code, lines = doctor(config, env, "--llm")
-    assert code == 1 and "LangChain" in line(lines, "llm", "FAIL")  # this test install has no provider packages
-    assert "off (memory.enabled: false)" in line(lines, "memory", "ok")
+def test_llm_is_called_once_and_only_with_the_flag(tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        config = tmp_path / "config.yaml"
+        llm = {"provider": "openai", "base_url": server.base_url, "model": "local-model", "timeout_seconds": 5}
+        config.write_text(yaml.safe_dump({"llm": llm, "memory": {"enabled": False}}))
+        env = {"OPENAI_API_KEY": "sk-local"}
+        _, lines = doctor(config, env)
+        assert "not called (add --llm" in line(lines, "llm", "skip") and server.chat_requests() == []
+        assert "off (memory.enabled: false)" in line(lines, "memory", "ok")
+        code, lines = doctor(config, env, "--llm")
+        assert code == 0 and "openai local-model answered in" in line(lines, "llm", "ok")
+        assert len(server.chat_requests()) == 1
+        assert "OK" in str(server.chat_requests()[0]["messages"])  # a fixed word: no client data
+        server.fail_next(status=500)
+        code, lines = doctor(config, env, "--llm")
+        assert code == 1 and "call failed" in line(lines, "llm", "FAIL")
 
 
 def test_the_doctor_knows_the_slack_manifest_scopes() -> None:
