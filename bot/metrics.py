@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Any, Final
@@ -58,7 +58,7 @@ from channels.base import (
 )
 from dialogs.clock import Clock
 from storage import Client, Database, LlmUsage, OutboxMessage, SafetyFlag
-from storage.models import FlagLevel
+from storage.models import BULK, REPLY, URGENT, FlagLevel, LlmJob, SenderProcess
 
 if TYPE_CHECKING:
     from bot.wiring import Companion
@@ -69,6 +69,8 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 RECENT: Final = timedelta(hours=24)  # the window for flags and LLM outcomes read from the database
 ACK_WINDOW: Final = timedelta(days=7)  # the window for time-to-acknowledge
+HEARTBEAT_FRESH: Final = timedelta(seconds=10)  # channels.sender.STALE: a sender silent this long is gone
+PRIORITIES: Final = {URGENT: "urgent", REPLY: "reply", BULK: "bulk"}
 LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 SENDS: Final = Counter("companion_sends", "Outbox deliveries attempted, by channel and result", ["channel", "result"])
@@ -207,12 +209,14 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         now = self.clock.now()
         depth = GaugeMetricFamily(
-            "companion_outbox_depth", "Outbox messages not yet sent, by channel", labels=["channel"]
+            "companion_outbox_depth",
+            "Outbox messages not yet sent, by channel and priority",
+            labels=["channel", "priority"],
         )
         oldest = GaugeMetricFamily(
             "companion_outbox_oldest_unsent_age_seconds",
-            "Age of the oldest unsent message, by channel",
-            labels=["channel"],
+            "Age of the oldest unsent message, by channel and priority",
+            labels=["channel", "priority"],
         )
         failed = GaugeMetricFamily("companion_outbox_failed", "Messages given up on, by channel", labels=["channel"])
         flags = GaugeMetricFamily(
@@ -225,9 +229,18 @@ class DatabaseCollector(Collector):
         )
         with self.db.unit_of_work() as session:
             unsent = session.exec(
-                select(OutboxMessage.channel, func.count(), func.min(OutboxMessage.created_at))
+                select(OutboxMessage.channel, OutboxMessage.priority, func.count(), func.min(OutboxMessage.created_at))
                 .where(col(OutboxMessage.sent_at).is_(None), col(OutboxMessage.failed_at).is_(None))
-                .group_by(OutboxMessage.channel)
+                .group_by(OutboxMessage.channel, col(OutboxMessage.priority))
+            ).all()
+            # Heartbeats are wall-clock times (channels.sender), whatever clock the dialogs use.
+            senders = session.exec(
+                select(func.count())
+                .select_from(SenderProcess)
+                .where(col(SenderProcess.heartbeat_at) >= datetime.now(UTC) - HEARTBEAT_FRESH)
+            ).one()
+            jobs = session.exec(
+                select(LlmJob.kind, func.count()).where(LlmJob.status == "pending").group_by(LlmJob.kind)
             ).all()
             given_up = session.exec(
                 select(OutboxMessage.channel, func.count())
@@ -257,9 +270,13 @@ class DatabaseCollector(Collector):
                 .where(col(LlmUsage.at) >= now - RECENT)
                 .group_by(LlmUsage.purpose, LlmUsage.outcome)
             ).all()
-        for channel, count, first in unsent:
-            depth.add_metric([channel], count)
-            oldest.add_metric([channel], max(0.0, (now - _utc(first)).total_seconds()))
+        for channel, priority, count, first in unsent:
+            label = PRIORITIES.get(priority, str(priority))
+            depth.add_metric([channel, label], count)
+            oldest.add_metric([channel, label], max(0.0, (now - _utc(first)).total_seconds()))
+        pending = GaugeMetricFamily("companion_llm_jobs_pending", "LLM jobs waiting to run, by kind", labels=["kind"])
+        for kind, count in jobs:
+            pending.add_metric([kind], count)
         for channel, count in given_up:
             failed.add_metric([channel], count)
         for level in FlagLevel:
@@ -289,11 +306,13 @@ class DatabaseCollector(Collector):
         yield ack
         yield flags
         yield llm
+        yield pending
+        yield GaugeMetricFamily(
+            "companion_sender_processes", "Processes sending from the outbox (fresh heartbeat)", senders
+        )
 
 
 def _utc(value: Any) -> Any:
-    from datetime import UTC
-
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 

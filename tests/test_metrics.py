@@ -46,6 +46,15 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every other label (e.g. the outbox's priorities)."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def largest(samples: Samples, name: str, **labels: str) -> float:
+    return max([v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)], default=0.0)
+
+
 async def scrape(h: Harness) -> tuple[Samples, str]:
     response = await h.http.get("/metrics", headers=AUTH)
     assert response.status_code == 200, response.text
@@ -83,8 +92,9 @@ def test_metrics_show_a_client_week(db_url: str, clock: FrozenClock, tmp_path: P
         await h.deliver()
         clock.advance(seconds=3)
         waiting, _ = await scrape(h)
-        assert value(waiting, "companion_outbox_depth", channel="telegram") >= 1
-        assert value(waiting, "companion_outbox_oldest_unsent_age_seconds", channel="telegram") >= 3
+        assert total(waiting, "companion_outbox_depth", channel="telegram") >= 1
+        assert value(waiting, "companion_outbox_depth", channel="telegram", priority="reply") >= 1
+        assert largest(waiting, "companion_outbox_oldest_unsent_age_seconds", channel="telegram") >= 3
         clock.advance(seconds=5)
         await h.deliver()
 
@@ -113,7 +123,8 @@ def test_metrics_show_a_client_week(db_url: str, clock: FrozenClock, tmp_path: P
         assert grew("companion_sweep_due_rows_total", kind="alert_resent") == 1
         assert grew("companion_sweep_duration_seconds_count") == 1
         assert value(after, "companion_sweep_last_run_timestamp_seconds") > 0
-        assert value(after, "companion_outbox_depth", channel="telegram") == 0
+        assert total(after, "companion_outbox_depth", channel="telegram") == 0
+        assert value(after, "companion_llm_jobs_pending") == 0  # scripted mode: no jobs
         assert value(after, "companion_alerts_open") == 0 and value(after, "companion_alerts_overdue") == 0
         assert value(after, "companion_alert_ack_seconds", stat="count") == 1
         assert value(after, "companion_alert_ack_seconds", stat="max") == 20 * 60
