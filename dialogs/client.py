@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from dialogs import client_data, llm_steps, nudges
+from dialogs import client_data, llm_steps, measures, nudges, safety_plan
 from dialogs.digest import judged
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
@@ -522,8 +522,12 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "quiet": cmd_quiet,
     "mydata": cmd_mydata,
     "delete": cmd_delete,
+    "plan": safety_plan.client_plan,
+    "questionnaire": measures.cmd_questionnaire,
 }
-THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest", "ack", "note"})
+THERAPIST_ONLY: Final = frozenset(
+    {"invite", "clients", "homeworks", "close", "session", "digest", "ack", "note", "measure", "reviewed"}
+)
 
 FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "delivery": lambda turn: {
@@ -537,4 +541,5 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "note_offer": note_offer_step,
     "delete": delete_step,
     "snooze": lambda turn: snooze_step(turn),
+    measures.FLOW: measures.step,
 }

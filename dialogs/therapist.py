@@ -9,7 +9,7 @@ from typing import Final
 
 from sqlalchemy.exc import IntegrityError
 
-from dialogs import access, llm_steps
+from dialogs import access, llm_steps, measures, review, safety_plan
 from dialogs.digest import build_caseload
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
@@ -616,4 +616,7 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "dashboard": cmd_dashboard,
     "therapists": cmd_therapists,
     "note": cmd_note,
+    "plan": safety_plan.therapist_plan,
+    "measure": measures.cmd_measure,
+    "reviewed": review.cmd_reviewed,
 }
