@@ -441,3 +441,43 @@ def alert_blocks(text: str, ack_value: str, ack_label: str) -> list[Block]:
         "style": "primary",
     }
     return [*sections, {"type": "actions", "elements": [button]}]
+
+
+def plan_modal(
+    prompts: Prompts, clients: Sequence[Any], chosen: Any | None, current: Mapping[str, str]
+) -> dict[str, Any]:
+    """The safety plan modal: the client (one of the therapist's own) and the six steps, filled in with ``current``."""
+    t = prompts.text
+    options = [{"text": {"type": "plain_text", "text": c.name[:75]}, "value": c.name[:150]} for c in clients[:100]]
+    select: dict[str, Any] = {"type": "static_select", "action_id": "value", "options": options}
+    if chosen is not None:
+        select["initial_option"] = next(o for o in options if o["value"] == chosen.name[:150])
+    blocks: list[Block] = [
+        {"type": "section", "text": _mrkdwn(t("plan.slack_intro"))},
+        {
+            "type": "input",
+            "block_id": "client",
+            "label": {"type": "plain_text", "text": t("slack.client_label")},
+            "element": select,
+        },
+    ]
+    for field in ("warning_signs", "coping", "distractions", "people", "professionals", "environment"):
+        element: dict[str, Any] = {"type": "plain_text_input", "action_id": "value", "multiline": True}
+        if current.get(field):
+            element["initial_value"] = current[field][:3000]
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": field,
+                "optional": True,
+                "label": {"type": "plain_text", "text": t(f"plan.field.{field}")[:2000]},
+                "element": element,
+            }
+        )
+    return {
+        "type": "modal",
+        "callback_id": "plan_modal",
+        "title": {"type": "plain_text", "text": t("plan.slack_title")},
+        "submit": {"type": "plain_text", "text": t("slack.modal_submit")},
+        "blocks": blocks,
+    }

@@ -17,6 +17,8 @@ from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework,
 from storage import queries as q
 from storage.models import OccasionStatus
 
+LOW_RATING: Final = 7  # below this confidence or importance, offer a smaller or reworked version
+
 
 def _client(turn: Turn) -> tuple[int, int]:
     assert turn.client is not None and turn.client.id is not None
@@ -190,10 +192,36 @@ def delivery_confidence(turn: Turn) -> None:
         return
     homework.confidence = confidence
     turn.session.add(homework)
-    # Below 7/10 the task is probably too big (CBT_HOMEWORK.md: calibrate).
-    if confidence < 7:
+    # Kazantzis' common language for homework: importance is rated beside confidence.
+    turn.step("importance")
+    turn.say("importance.ask", kind="scale", options=turn.scale(0, 10))
+
+
+def _low(homework: Homework) -> tuple[str, ...]:
+    """Which of the two ratings is below 7/10 (CBT_HOMEWORK.md: calibrate, make it matter)."""
+    return tuple(
+        name
+        for name, value in (("confidence", homework.confidence), ("importance", homework.importance))
+        if value is not None and value < LOW_RATING
+    )
+
+
+def delivery_importance(turn: Turn) -> None:
+    homework = _homework(turn)
+    if homework is None:
+        return
+    importance = turn.number(0, 10)
+    if importance is None:
+        turn.say("importance.bad", kind="scale", options=turn.scale(0, 10))
+        return
+    homework.importance = importance
+    turn.session.add(homework)
+    low = _low(homework)
+    if low:
+        # Below 7 on either: offer the smaller (low confidence) or reworked (low importance) version.
+        offer = "importance.offer_both" if len(low) == 2 else f"importance.offer_low_{low[0]}"
         turn.step("smaller")
-        turn.say("delivery.offer_smaller", kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
+        turn.say(offer, kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
         return
     turn.idle()
     turn.say("delivery.ready")
@@ -210,12 +238,15 @@ def delivery_smaller(turn: Turn) -> None:
         name = _therapist_name(turn)
         turn.say("delivery.noted_smaller", therapist=name)
         assert turn.client is not None
+        low = " and ".join(turn.t(f"importance.low_{which}") for which in _low(homework)) or "—"
         turn.notify_therapist(
             homework.therapist_id,
-            "notify.smaller_version",
+            "importance.notify",
             client=turn.client.name,
             title=homework.title,
-            confidence=homework.confidence,
+            confidence=homework.confidence if homework.confidence is not None else "—",
+            importance=homework.importance if homework.importance is not None else "—",
+            low=low,
         )
     elif turn.is_("no"):
         turn.idle()
@@ -533,6 +564,7 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "delivery": lambda turn: {
         "own_words": delivery_own_words,
         "confidence": delivery_confidence,
+        "importance": delivery_importance,
         "smaller": delivery_smaller,
     }[turn.state.step](turn),
     "debrief": debrief_step,

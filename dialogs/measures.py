@@ -448,3 +448,96 @@ def _asked_today(session: Session, client: Client, now: datetime) -> bool:
         ).first()
         is not None
     )
+
+
+# --- the digest --------------------------------------------------------------------------
+
+TREND_POINTS: Final = 6
+# A rise this large between two administrations is worth asking about (about the reliable-change
+# size of both scales; the therapist judges what it means).
+WORSE_BY: Final = 5
+
+
+@dataclass(frozen=True)
+class MeasureView:
+    """One questionnaire in the digest: the latest score and band, the change since the one before, the trend."""
+
+    instrument: str
+    name: str
+    score: int | None  # None: only a half-finished administration so far
+    max_score: int
+    band: str | None
+    when: datetime
+    previous: int | None
+    previous_when: datetime | None
+    trend: tuple[tuple[datetime, int], ...]  # oldest first
+    item9: int | None  # PHQ-9 item 9 of the latest administration that reached it
+    answered: int  # items answered in an unfinished administration (0 when none is open)
+    count: int
+
+    @property
+    def change(self) -> int | None:
+        return None if self.score is None or self.previous is None else self.score - self.previous
+
+
+def digest_views(session: Session, *, client_id: int, locale: str) -> tuple[MeasureView, ...]:
+    """Each questionnaire this client has answered (or started), latest first by instrument order."""
+    catalogue = instruments(locale)
+    views: list[MeasureView] = []
+    responses = session.exec(
+        select(MeasureResponse)
+        .where(MeasureResponse.client_id == client_id)
+        .order_by(col(MeasureResponse.started_at).desc())
+        .limit(50)
+    ).all()
+    for key, instrument in catalogue.items():
+        mine = [r for r in responses if r.instrument == key]
+        if not mine:
+            continue
+        done = [r for r in mine if r.status == MeasureStatus.COMPLETE and r.score is not None]
+        open_ = next((r for r in mine if r.status == MeasureStatus.IN_PROGRESS), None)
+        latest = done[0] if done else None
+        item9 = None
+        if instrument.safety_item is not None:
+            reached = next((r for r in mine if len(r.answers) >= instrument.safety_item), None)
+            item9 = reached.answers[instrument.safety_item - 1] if reached else None
+        views.append(
+            MeasureView(
+                instrument=key,
+                name=instrument.name,
+                score=latest.score if latest else None,
+                max_score=instrument.max_score,
+                band=latest.band if latest else None,
+                when=(latest.completed_at or latest.started_at) if latest else mine[0].started_at,
+                previous=done[1].score if len(done) > 1 else None,
+                previous_when=(done[1].completed_at or done[1].started_at) if len(done) > 1 else None,
+                trend=tuple(((r.completed_at or r.started_at), r.score or 0) for r in reversed(done[:TREND_POINTS])),
+                item9=item9,
+                answered=len(open_.answers) if open_ else 0,
+                count=len(instrument.items),
+            )
+        )
+    return tuple(views)
+
+
+@dataclass(frozen=True)
+class ChartPoint:
+    x: float
+    y: float
+    score: int
+    when: datetime
+
+
+def chart_points(views: tuple[MeasureView, ...], *, width: float = 600, height: float = 160) -> list[dict[str, Any]]:
+    """Per questionnaire, its scores as points of a small line chart scaled to its maximum (the dashboard's SVG)."""
+    charts = []
+    for view in views:
+        if not view.trend:
+            continue
+        step = width / max(len(view.trend) - 1, 1)
+        points = [
+            ChartPoint(round(i * step, 1), round(height - height * score / view.max_score, 1), score, when)
+            for i, (when, score) in enumerate(view.trend)
+        ]
+        charts.append({"view": view, "points": points, "path": " ".join(f"{p.x},{p.y}" for p in points)})
+    return charts

@@ -47,7 +47,7 @@ def _sams_week(companion: Companion) -> tuple[Chat, Chat]:
     dana.send("/homework Sam\ntitle: Bus practice\nwhat: ride two stops\nrationale: the fear passes if I stay")
     dana.send("save")
     sam.open()
-    for answer in ("it shows the fear passes", "8", "done", WORDS, "calm", "start", "it passes", "3"):
+    for answer in ("it shows the fear passes", "8", "8", "done", WORDS, "calm", "start", "it passes", "3"):
         sam.send(answer)
     sam.send("/log slept badly before the bus")
     sam.send("yes")  # it is about the bus homework

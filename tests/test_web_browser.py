@@ -149,6 +149,8 @@ def test_a_client_week_on_the_try_it_page_shows_on_the_dashboard(server: Server,
     say(page, "client", "To see that the tension comes down by itself")
     expect(last(page, "client")).to_contain_text("How confident")
     tap(page, "client", "8")
+    expect(last(page, "client")).to_contain_text("how important")
+    tap(page, "client", "9")
     expect(last(page, "client")).to_contain_text("When you've done it")
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, "try-it.png", full_page=False)

@@ -144,6 +144,7 @@ def test_a_client_week_over_whatsapp(db_url: str, clock: FrozenClock, tmp_path: 
         assert "New homework from Dana: Worry time" in delivered and "In your own words" in delivered
         assert "(0–10)" in await h.say("it shows I can choose when to worry")
         await h.say("9")
+        await h.say("9")  # importance
         clock.advance(days=1)
         assert "What happened" in await h.say("done")
         for answer in ("Sat at 6pm for 15 minutes", "Most worries had faded", "Not checking my phone", "They can wait"):
@@ -197,6 +198,7 @@ def test_stop_mid_debrief_stops_everything_and_start_resumes(service: Companion,
         await h.new()
         await h.say("fine")
         await h.say("8")
+        await h.say("8")
         await h.say("done")
         assert "won't send you any more messages" in await h.say("STOP")
         assert "Sam sent /stop" in dana.open()
@@ -215,6 +217,7 @@ def _nudge_after_window(h: Harness, companion: Companion, clock: FrozenClock) ->
         dana.send("save")
         await h.new()
         await h.say("it lifts my mood")
+        await h.say("8")
         await h.say("8")
         clock.advance(days=1, hours=9)  # Tuesday 18:00: more than 24 h since Sam last wrote
         sweep(db=companion.db, engine=companion.engine)
