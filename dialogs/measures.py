@@ -56,10 +56,24 @@ class Instrument:
     bands: tuple[tuple[int, str], ...]  # (lowest total, band), ascending
     options: tuple[str, ...]  # the answer labels, 0..3
     safety_item: int | None = None  # 1-based; above 0 → the safety path at once
+    # An unscored closing question with its own options (the PHQ-9's difficulty question), or None.
+    difficulty: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def max_score(self) -> int:
         return 3 * len(self.items)
+
+    @property
+    def length(self) -> int:
+        """Every question asked, the unscored closing one included."""
+        return len(self.items) + (1 if self.difficulty else 0)
+
+    def question(self, index: int) -> tuple[str, tuple[str, ...]]:
+        """The ``index``-th question (0-based) and its answer options."""
+        if index < len(self.items):
+            return self.items[index], self.options
+        assert self.difficulty is not None
+        return self.difficulty
 
 
 @cache
@@ -79,16 +93,26 @@ def instruments(locale: str = "en") -> dict[str, Instrument]:
             bands=tuple((int(low), str(band)) for low, band in spec["bands"]),
             options=options,
             safety_item=spec.get("safety_item"),
+            difficulty=(
+                (str(spec["difficulty"]["question"]), tuple(str(o) for o in spec["difficulty"]["options"]))
+                if spec.get("difficulty")
+                else None
+            ),
         )
         for key, spec in data["instruments"].items()
     }
 
 
 def score(instrument: Instrument, answers: list[int]) -> tuple[int, str]:
-    """The total of a complete set of answers (each 0–3) and its published severity band."""
-    if len(answers) != len(instrument.items) or any(not 0 <= a <= 3 for a in answers):
+    """The total of the scored items' answers (each 0–3) and its published severity band.
+
+    ``answers`` may carry the unscored closing question's answer after the
+    items; it does not count.
+    """
+    scored = answers[: len(instrument.items)]
+    if len(scored) != len(instrument.items) or any(not 0 <= a <= 3 for a in answers):
         raise ValueError(f"{instrument.name} needs {len(instrument.items)} answers from 0 to 3")
-    total = sum(answers)
+    total = sum(scored)
     band = next(name for low, name in reversed(instrument.bands) if total >= low)
     return total, band
 
@@ -198,8 +222,9 @@ def cmd_measure(turn: Turn, rest: str) -> None:
 
 
 def _item_message(prompts: Prompts, instrument: Instrument, index: int) -> Outbound:
-    text = prompts.text("measure.item", n=index + 1, count=len(instrument.items), item=instrument.items[index])
-    options = tuple(Option(str(n), label) for n, label in enumerate(instrument.options))
+    question, labels = instrument.question(index)
+    text = prompts.text("measure.item", n=index + 1, count=instrument.length, item=question)
+    options = tuple(Option(str(n), label) for n, label in enumerate(labels))
     return Outbound(text, kind="choice", options=options, prompt_key="measure.item", prompt_version=prompts.version)
 
 
@@ -231,14 +256,12 @@ def begin(
             "measure.intro",
             therapist=therapist.name if therapist else "",
             name=instrument.name,
-            count=len(instrument.items),
+            count=instrument.length,
             stem=instrument.stem,
         )
         messages.append(Outbound(intro, prompt_key="measure.intro", prompt_version=prompts.version))
     else:
-        resume = prompts.text(
-            "measure.resume", name=instrument.name, n=len(response.answers), count=len(instrument.items)
-        )
+        resume = prompts.text("measure.resume", name=instrument.name, n=len(response.answers), count=instrument.length)
         messages.append(Outbound(resume, prompt_key="measure.resume", prompt_version=prompts.version))
     messages.append(_item_message(prompts, instrument, len(response.answers)))
     identity = q.latest_identity(session, client_id=client.id)
@@ -258,12 +281,12 @@ def _response(turn: Turn) -> tuple[MeasureResponse, Instrument] | None:
     return (response, instrument) if instrument is not None else None
 
 
-def _answer(turn: Turn, instrument: Instrument) -> int | None:
+def _answer(turn: Turn, instrument: Instrument, index: int) -> int | None:
     number = turn.number(0, 3)
     if number is not None:
         return number
     typed = fold(turn.text)
-    return next((n for n, label in enumerate(instrument.options) if fold(label) == typed), None)
+    return next((n for n, label in enumerate(instrument.question(index)[1]) if fold(label) == typed), None)
 
 
 def _postpone(turn: Turn, response: MeasureResponse) -> None:
@@ -298,18 +321,11 @@ def step(turn: Turn) -> None:
         turn.step("item", **{HELD: False})
         _send_next(turn, response, instrument, resumed=True)
         return
-    value = _answer(turn, instrument)
+    value = _answer(turn, instrument, len(response.answers))
     if value is None:
-        o = instrument.options
-        turn.say(
-            "measure.bad_answer",
-            kind="choice",
-            options=_item_message(turn.prompts, instrument, 0).options,
-            o0=o[0],
-            o1=o[1],
-            o2=o[2],
-            o3=o[3],
-        )
+        current = _item_message(turn.prompts, instrument, len(response.answers)).options
+        labels = {f"o{n}": option.label for n, option in enumerate(current)}
+        turn.say("measure.bad_answer", kind="choice", options=current, **labels)
         return
     response.answers = [*response.answers, value]
     turn.session.add(response)
@@ -319,7 +335,7 @@ def step(turn: Turn) -> None:
         turn.step("item", **{HELD: True})
         guard.ask_directly(turn, turn.t("measure.item9_reason", value=value), score=value / 3, alert=True)
         return
-    if index < len(instrument.items):
+    if index < instrument.length:
         turn.sends.append((turn.inbound.channel, turn.inbound.address, _item_message(turn.prompts, instrument, index)))
         return
     response.score, response.band = score(instrument, response.answers)
@@ -333,9 +349,9 @@ def step(turn: Turn) -> None:
 
 def _send_next(turn: Turn, response: MeasureResponse, instrument: Instrument, *, resumed: bool) -> None:
     if resumed:
-        turn.say("measure.resume", name=instrument.name, n=len(response.answers), count=len(instrument.items))
+        turn.say("measure.resume", name=instrument.name, n=len(response.answers), count=instrument.length)
     index = len(response.answers)
-    if index < len(instrument.items):
+    if index < instrument.length:
         turn.sends.append((turn.inbound.channel, turn.inbound.address, _item_message(turn.prompts, instrument, index)))
 
 
@@ -514,7 +530,7 @@ def digest_views(session: Session, *, client_id: int, locale: str) -> tuple[Meas
                 trend=tuple(((r.completed_at or r.started_at), r.score or 0) for r in reversed(done[:TREND_POINTS])),
                 item9=item9,
                 answered=len(open_.answers) if open_ else 0,
-                count=len(instrument.items),
+                count=instrument.length,
             )
         )
     return tuple(views)

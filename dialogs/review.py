@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from dialogs.clinical import require_client
@@ -56,10 +57,17 @@ def mark(session: Session, *, homework: Homework, therapist_id: int, note: str |
 
 def count(session: Session, *, client_id: int, last: int = LAST_N) -> ReviewCount:
     """The review count of one client's last ``last`` settled homeworks (closed, or marked while still open)."""
-    rows = session.exec(
-        select(Homework.id, Homework.status, Homework.closed_at, Homework.reviewed_at, Homework.created_at)
+    # Plain columns only: the (encrypted) titles are read for the few not reviewed.
+    rows = session.execute(
+        sa_select(
+            col(Homework.id),
+            col(Homework.status),
+            col(Homework.closed_at),
+            col(Homework.reviewed_at),
+            col(Homework.created_at),
+        )
         .where(
-            Homework.client_id == client_id,
+            col(Homework.client_id) == client_id,
             col(Homework.delivered_at).is_not(None),
             (col(Homework.status) == HomeworkStatus.CLOSED) | col(Homework.reviewed_at).is_not(None),
         )

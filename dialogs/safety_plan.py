@@ -155,7 +155,9 @@ def _ask(turn: Turn, client: Client, field: str, plan: SafetyPlan | None) -> Non
 def draft_step(turn: Turn) -> None:
     """One step's answer in the step-by-step form; "skip" keeps the step as it is. Saved after step 6."""
     assert turn.therapist is not None
-    client = access.own_client(turn.session, therapist_id=turn.therapist.id or 0, client_id=turn.data.get("client_id"))
+    client = access.own_client(
+        turn.session, therapist_id=turn.therapist.id or 0, client_id=int(turn.data.get("client_id") or 0)
+    )
     field = turn.state.step
     if client is None or field not in SAFETY_PLAN_FIELDS:
         turn.idle()

@@ -242,6 +242,7 @@ def cmd_session(turn: Turn, rest: str) -> None:
         client.last_session_at = client.next_session_at
     client.next_session_at = when
     turn.session.add(client)
+    measures.replan_sessions(turn.session, client=client, settings=turn.settings, now=turn.now)
     turn.audit("session.set", client)
     turn.say("therapist.session.set", client=client.name, when=_when(turn, when))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from dialogs import retention
+from dialogs import measures, retention
 from dialogs.digest import send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import alert_unanswered_questions, escalate_due_alerts
@@ -49,6 +49,8 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
         with db.unit_of_work() as session:
             if not follow_up(session, prompts=prompts, settings=settings, now=now, counts=counts):
                 break
+    with db.unit_of_work() as session:
+        measures.send_due_measures(session, prompts=prompts, settings=settings, now=now)
     with db.unit_of_work() as session:
         send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts, llm=engine.llm)
     if escalated:
