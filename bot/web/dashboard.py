@@ -26,7 +26,7 @@ from bot.web.chart import adherence_chart
 from bot.wiring import Companion
 from dialogs import access, measures, review, safety_plan, signin
 from dialogs.digest import build_caseload, build_client_digest
-from dialogs.digest_text import quote, rubric
+from dialogs.digest_text import measure_line, quote, rubric
 from dialogs.homework import SPECIFICITY, missing_elements, normalise_field, set_homework
 from dialogs.messages import Outbound, enqueue
 from storage import Client, Debrief, FlagLevel, Homework, LogEntry, Occasion, SafetyFlag, Therapist, WebToken
@@ -381,6 +381,7 @@ def router(companion: Companion) -> APIRouter:
             "measures": model.measures,
             "measure_chart": measures.chart_points(model.measures),
             "review": model.review,
+            "measure_line": lambda view: measure_line(prompts, view, who.therapist.timezone),
         }
 
     def _agenda_lines(model: Any) -> list[str]:
