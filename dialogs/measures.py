@@ -41,6 +41,7 @@ FLOW: Final = "measure"
 CADENCES: Final = ("weekly", "before_session", "once")
 WEEK: Final = timedelta(days=7)
 BATCH: Final = 200
+NOT_YET_RETRY: Final = timedelta(hours=12)  # a client who cannot be asked yet (not joined) is looked at again
 # The dialog data key that marks a questionnaire waiting for its safety question's answer.
 HELD: Final = "held"
 
@@ -167,6 +168,28 @@ def replan_sessions(session: Session, *, client: Client, settings: DialogSetting
         session.add(schedule)
 
 
+def set_schedule(
+    session: Session, *, client: Client, instrument: Instrument, cadence: str, settings: DialogSettings, now: datetime
+) -> MeasureSchedule:
+    """Create or change the client's schedule for ``instrument`` (the caller audits, with its own actor)."""
+    schedule = session.exec(
+        select(MeasureSchedule).where(
+            MeasureSchedule.client_id == client.id, MeasureSchedule.instrument == instrument.key
+        )
+    ).first() or MeasureSchedule(
+        client_id=client.id or 0,
+        therapist_id=client.therapist_id,
+        instrument=instrument.key,
+        cadence=cadence,
+        created_at=now,
+    )
+    schedule.cadence = cadence
+    # Not joined yet (no time zone): due now, so the sweep plans it at their reminder time once it can.
+    schedule.due_at = next_due(client, settings, cadence, now) or (now if cadence != "before_session" else None)
+    session.add(schedule)
+    return schedule
+
+
 def cmd_measure(turn: Turn, rest: str) -> None:
     """``/measure NAME phq9|gad7 [weekly|before-session|once|off]`` (weekly when no cadence is given)."""
     usage = turn.t("measure.usage")
@@ -196,19 +219,12 @@ def cmd_measure(turn: Turn, rest: str) -> None:
     if cadence not in CADENCES:
         turn.say("therapist.usage", usage=usage)
         return
-    schedule = existing or MeasureSchedule(
-        client_id=client.id or 0,
-        therapist_id=client.therapist_id,
-        instrument=instrument.key,
-        cadence=cadence,
-        created_at=turn.now,
+    schedule = set_schedule(
+        turn.session, client=client, instrument=instrument, cadence=cadence, settings=turn.settings, now=turn.now
     )
-    schedule.cadence = cadence
-    schedule.due_at = next_due(client, turn.settings, cadence, turn.now)
-    turn.session.add(schedule)
     turn.audit("measure.set", client, instrument=instrument.key, cadence=cadence)
     label = turn.t(f"measure.cadence.{cadence}")
-    if schedule.due_at is not None:
+    if schedule.due_at is not None and client.timezone:
         zone = turn.therapist.timezone if turn.therapist else "UTC"
         when = format_local(schedule.due_at, zone) or schedule.due_at.isoformat()
         turn.say("measure.set", name=instrument.name, client=client.name, cadence=label, when=when)
@@ -323,10 +339,17 @@ def step(turn: Turn) -> None:
         return
     value = _answer(turn, instrument, len(response.answers))
     if value is None:
+        if turn.data.get("unclear"):
+            # Twice not an answer: the client is somewhere else. Postpone rather than hold the chat (a
+            # questionnaire left open would keep every reminder waiting).
+            _postpone(turn, response)
+            return
         current = _item_message(turn.prompts, instrument, len(response.answers)).options
         labels = {f"o{n}": option.label for n, option in enumerate(current)}
+        turn.step("item", unclear=True)
         turn.say("measure.bad_answer", kind="choice", options=current, **labels)
         return
+    turn.step("item", unclear=False)
     response.answers = [*response.answers, value]
     turn.session.add(response)
     index = len(response.answers)
@@ -412,7 +435,7 @@ def send_due_measures(session: Session, *, prompts: Prompts, settings: DialogSet
             schedule.due_at = None
             session.add(schedule)
             continue
-        tomorrow = next_due(client, settings, "weekly", now, after_today=True)
+        tomorrow = next_due(client, settings, "weekly", now, after_today=True) or now + NOT_YET_RETRY
         chat = q.latest_identity(session, client_id=client.id)
         if (
             chat is None
@@ -423,9 +446,11 @@ def send_due_measures(session: Session, *, prompts: Prompts, settings: DialogSet
             schedule.due_at = tomorrow
             session.add(schedule)
             continue
-        allowed = nudges.next_allowed(client, settings, now)
-        if allowed > now:  # quiet hours (the zone or the quiet hours changed since it was planned)
-            schedule.due_at = allowed
+        # Only at the client's reminder time (within the catch-up grace): a schedule set before they
+        # joined, deferred while busy, or planned before their zone or quiet hours changed moves to it.
+        slot = next_due(client, settings, "weekly", now - settings.catch_up_grace)
+        if slot is not None and slot > now:
+            schedule.due_at = slot
             session.add(schedule)
             continue
         state = q.conversation(session, channel=chat.channel, address=chat.address, now=now)

@@ -99,7 +99,9 @@ def test_asked_at_the_reminder_time_one_item_at_a_time_and_scored(companion: Com
     assert "(Not at all · Several days · More than half the days · Nearly every day)" in asked
     assert "Please answer with a number from 0 to 3" in sam.send("sometimes")
     assert "2/7" in sam.send("Several days")  # the option's words work as well as its number
-    for answer in ("2", "3", "1", "0", "1"):
+    assert "Please answer with a number from 0 to 3" in sam.send("hmm")
+    assert "3/7" in sam.send("2")
+    for answer in ("3", "1", "0", "1"):
         sam.send(answer)
     assert "that's all" in sam.send("2")
     digest = dana.send("/digest Sam")
@@ -129,6 +131,19 @@ def test_later_keeps_the_answers_and_resumes_the_next_day(companion: Companion, 
     assert "where we stopped (2 of 7 answered)" in resumed and "3/7. Worrying too much" in resumed
     with companion.db.unit_of_work() as session:
         assert len(session.exec(select(MeasureResponse)).all()) == 1
+
+
+def test_twice_no_answer_postpones_rather_than_hold_the_chat(companion: Companion, clock: FrozenClock) -> None:
+    _, sam = setup(companion)
+    at(clock, 23, 18, 0)
+    tick(companion)
+    sam.open()
+    sam.send("1")
+    assert "Please answer" in sam.send("what is this")
+    assert "ask again later" in sam.send("I'd rather talk about my walk")
+    assert "didn't catch that" in sam.send("hmm")  # the chat is free again
+    with companion.db.unit_of_work() as session:
+        assert session.exec(select(MeasureResponse)).one().answers == [1]
 
 
 def test_no_questionnaire_during_a_crisis_hold_quiet_hours_or_a_busy_chat(
@@ -189,3 +204,22 @@ def test_before_session_follows_the_next_session_and_off_stops_it(companion: Com
         assert schedule.due_at == datetime(2026, 11, 25, 18, 0, tzinfo=UTC)  # Wednesday 18:00, the day before
     assert "is off" in dana.send("/measure Sam phq9 off")
     assert "I know these questionnaires" in dana.send("/measure Sam beck")
+
+
+def test_a_questionnaire_set_before_the_client_joins_waits_for_their_reminder_time(
+    companion: Companion, clock: FrozenClock
+) -> None:
+    add_therapist(companion, "Dana", "Europe/London")
+    dana = Chat(companion, "therapist", "Dana")
+    dana.send("/invite Sam")
+    assert "once they have joined" in dana.send("/measure Sam phq9")
+    tick(companion)
+    sam = join(companion, dana, "Sam", "sam", at="18:00")
+    at(clock, 23, 12, 0)  # a day later it is looked at again: not their time yet
+    tick(companion)
+    at(clock, 24, 12, 0)
+    tick(companion)
+    assert sam.open() == ""
+    at(clock, 24, 18, 0)
+    tick(companion)
+    assert "1/10. Little interest or pleasure" in sam.open()

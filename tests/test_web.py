@@ -22,7 +22,7 @@ from bot.web.dashboard import COOKIE
 from bot.web.demo import COOKIE as DEMO_COOKIE
 from bot.wiring import Companion, WiringError
 from dialogs.clock import FrozenClock, OffsetClock, SystemClock
-from storage import AuditEntry, FlagLevel, Homework, SafetyFlag, WebToken
+from storage import AuditEntry, FlagLevel, Homework, MeasureSchedule, SafetyFlag, WebToken
 from storage import queries as q
 from tests.conftest import make_companion
 from tests.support import Chat, add_therapist, join
@@ -409,3 +409,11 @@ def test_the_safety_plan_and_the_review_mark_from_the_page(web: tuple[Companion,
         assert "dashboard.plan.set" in actions and "dashboard.homework.review" in actions
     overview = unescape(client.get("/dashboard").text)
     assert "Safety plan" in overview
+    # A questionnaire asked from the page, with the chat's rules.
+    asked = client.post(
+        f"/dashboard/clients/{sam}/measure", data={"csrf": csrf, "instrument": "phq9", "cadence": "weekly"}
+    )
+    assert "PHQ-9: every week · next" in unescape(asked.text)
+    assert client.post(f"/dashboard/clients/{sam}/measure", data={"csrf": csrf, "instrument": "x"}).status_code == 422
+    with companion.db.unit_of_work() as session:
+        assert session.exec(select(MeasureSchedule)).one().cadence == "weekly"

@@ -358,3 +358,29 @@ def test_63016_reported_by_a_status_callback_is_recorded_not_retried(
     with service.db.unit_of_work() as session:
         row = session.exec(select(OutboxMessage).where(OutboxMessage.error_code == "63016")).one()
         assert row.last_error == "outside_window" and row.failed_at is not None
+
+
+def test_a_questionnaire_over_whatsapp_uses_numbered_replies(
+    service: Companion, fake: FakeTwilioAPI, clock: FrozenClock
+) -> None:
+    from datetime import UTC, datetime
+
+    from storage import MeasureResponse
+
+    async def scenario(h: Harness) -> None:
+        dana = await join_sam(h, service)
+        assert "GAD-7 for Sam: once" in dana.send("/measure Sam gad7 once")
+        clock.set(datetime(2026, 11, 23, 19, 0, tzinfo=UTC))  # Sam's reminder time, 19:00 London
+        sweep(db=service.db, engine=service.engine)
+        asked = await h.new()
+        assert "1/7. Feeling nervous, anxious or on edge" in asked
+        assert "(1 Not at all · 2 Several days · 3 More than half the days · 4 Nearly every day)" in asked
+        assert "2/7" in await h.say("2")  # option 2: "Several days", scored 1
+        for reply in ("1", "1", "1", "1", "1"):
+            await h.say(reply)
+        assert "that's all" in await h.say("4")  # option 4: "Nearly every day", scored 3
+
+    run(service, fake, scenario)
+    with service.db.unit_of_work() as session:
+        response = session.exec(select(MeasureResponse)).one()
+        assert response.answers == [1, 0, 0, 0, 0, 0, 3] and response.score == 4 and response.band == "minimal"

@@ -29,7 +29,18 @@ from dialogs.digest import build_caseload, build_client_digest
 from dialogs.digest_text import measure_line, quote, rubric
 from dialogs.homework import SPECIFICITY, missing_elements, normalise_field, set_homework
 from dialogs.messages import Outbound, enqueue
-from storage import Client, Debrief, FlagLevel, Homework, LogEntry, Occasion, SafetyFlag, Therapist, WebToken
+from storage import (
+    Client,
+    Debrief,
+    FlagLevel,
+    Homework,
+    LogEntry,
+    MeasureSchedule,
+    Occasion,
+    SafetyFlag,
+    Therapist,
+    WebToken,
+)
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS, SAFETY_PLAN_FIELDS, DebriefStatus
 
@@ -292,6 +303,39 @@ def router(companion: Companion) -> APIRouter:
 
         return await run(request, work, form=True)
 
+    @api.post("/clients/{client_id}/measure")
+    async def measure_set(request: Request, client_id: RowId) -> Response:
+        """Ask a questionnaire in chat (the same rules as ``/measure``)."""
+
+        def work(session: Session, who: Signed, fields: dict[str, str]) -> Page:
+            client = access.own_client(session, therapist_id=who.therapist_id, client_id=client_id)
+            instrument = measures.instruments(prompts.locale).get(fields.get("instrument", ""))
+            cadence = fields.get("cadence", "")
+            if client is None:
+                return _not_found(prompts)
+            if instrument is None or cadence not in measures.CADENCES:
+                return Page("error.html", {"message": prompts.text("measure.unknown", usage="")}, status=422)
+            measures.set_schedule(
+                session,
+                client=client,
+                instrument=instrument,
+                cadence=cadence,
+                settings=companion.engine.settings,
+                now=now(),
+            )
+            access.audit(
+                session,
+                actor=who.actor,
+                action="dashboard.measure.set",
+                now=now(),
+                client=client,
+                instrument=instrument.key,
+                cadence=cadence,
+            )
+            return Page(redirect=f"/dashboard/clients/{client.id}#measures")
+
+        return await run(request, work, form=True)
+
     @api.post("/homework/{homework_id}/reviewed")
     async def mark_reviewed(request: Request, homework_id: RowId) -> Response:
         """The review button: marks the homework reviewed in session, with the therapist's private note."""
@@ -382,6 +426,9 @@ def router(companion: Companion) -> APIRouter:
             "measure_chart": measures.chart_points(model.measures),
             "review": model.review,
             "measure_line": lambda view: measure_line(prompts, view, who.therapist.timezone),
+            "instruments": measures.instruments(prompts.locale),
+            "cadences": measures.CADENCES,
+            "schedules": session.exec(select(MeasureSchedule).where(MeasureSchedule.client_id == client.id)).all(),
         }
 
     def _agenda_lines(model: Any) -> list[str]:
