@@ -356,7 +356,12 @@ def step(turn: Turn) -> None:
     if instrument.safety_item is not None and index == instrument.safety_item and value > 0:
         # Item 9 above 0: the safety path now, before the remaining items (never at the end).
         turn.step("item", **{HELD: True})
+        # The flag (and the therapist's alert) quotes what was answered, not a bare "1" from a button.
+        typed, turn.text = turn.text, turn.t(
+            "measure.item9_quote", item=instrument.items[index - 1], answer=instrument.options[value]
+        )
         guard.ask_directly(turn, turn.t("measure.item9_reason", value=value), score=value / 3, alert=True)
+        turn.text = typed
         return
     if index < instrument.length:
         turn.sends.append((turn.inbound.channel, turn.inbound.address, _item_message(turn.prompts, instrument, index)))

@@ -187,7 +187,8 @@ async def _week(companion: Companion, slack: FakeSlackAPI, telegram: FakeBotAPI,
         routed = await w.tap("1")
         assert "are you thinking about ending your life, or are you in danger right now?" in routed
         assert "10/10" not in routed
-        assert "URGENT" in w.dana_new()
+        alert = w.dana_new()
+        assert "URGENT" in alert and "better off dead or of hurting yourself in some way: Several days" in alert
         # "No": the questionnaire goes on with the remaining question.
         resumed = await w.tap("no")
         assert "Thank you for answering" in resumed and "9 of 10 answered" in resumed and "10/10." in resumed
