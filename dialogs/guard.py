@@ -75,6 +75,7 @@ def screen(turn: Turn) -> bool:
     if assessment.level == "concern" or assessment.ask:
         _flag(turn, FlagLevel.CONCERN, list(assessment.reasons), assessment)
         turn.say("safety.concern", therapist=therapist)
+        turn.risk_noted = True
     return _scope(turn, assessment, therapist)
 
 
@@ -215,7 +216,7 @@ def _settle_question(turn: Turn, waiting: dict[str, Any], outcome: str) -> Safet
 
 
 def parse_answer(prompts: Prompts, text: str) -> str | None:
-    """ "yes", "no" or None for the direct question; a hesitant answer ("maybe", "kind of") is a yes.
+    """"yes", "no" or None for the direct question; a hesitant answer ("maybe", "kind of") is a yes.
 
     The first word decides a longer answer ("no, I'm safe, just tired"); the
     rest of it has been screened like any message, so a crisis in it has
@@ -252,7 +253,9 @@ def _context(turn: Turn) -> str:
     return turn.t("safety.context_flow", flow=flow)
 
 
-def _flag(turn: Turn, level: FlagLevel, reasons: Sequence[str], assessment: RiskAssessment | None = None) -> SafetyFlag:
+def _flag(
+    turn: Turn, level: FlagLevel, reasons: Sequence[str], assessment: RiskAssessment | None = None
+) -> SafetyFlag:
     assert turn.client is not None and turn.client.id is not None
     flag = SafetyFlag(
         client_id=turn.client.id,
