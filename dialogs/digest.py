@@ -421,7 +421,7 @@ def build_client_digest(
     logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
     trend = _week_points([v for _, v in views if v.kind == DebriefKind.DEBRIEF], now)
     undeliverable = q.undeliverable_since(session, client_id=client.id or 0, since=start, reason="outside_window")
-    plan = safety_plan.plan_of(session, client.id or 0)
+    plan_reviewed = safety_plan.reviewed_at(session, client.id or 0)
     digest = ClientDigest(
         **base,
         homeworks=homeworks,
@@ -430,10 +430,10 @@ def build_client_digest(
         trend=trend,
         agenda=(),
         undeliverable=undeliverable,
-        has_plan=plan is not None,
-        plan_reviewed=plan.reviewed_at if plan else None,
+        has_plan=plan_reviewed is not None,
+        plan_reviewed=plan_reviewed,
         measures=measures.digest_views(session, client_id=client.id or 0, locale=prompts.locale),
-        review=review.count(session, client_id=client.id or 0),
+        review=review.count(session, client_id=client.id or 0, homeworks=all_homework.values()),
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
 

@@ -299,7 +299,8 @@ def clinical_lines(prompts: Prompts, digest: ClientDigest) -> list[str]:
             lines.append(t("review.digest_count", reviewed=digest.review.reviewed, total=digest.review.total))
         else:
             lines.append(t("review.digest_none"))
-        for missed in digest.review.not_reviewed:
+        # By name: what closed without a review since the last session (older ones are in the count).
+        for missed in (m for m in digest.review.not_reviewed if m.closed_at >= digest.start):
             lines.append(
                 t("review.digest_not_reviewed", id=missed.id, title=missed.title, when=_when(missed.closed_at, tz))
             )

@@ -13,9 +13,10 @@ already marked, newest first: each stands for the session that followed it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
@@ -55,10 +56,44 @@ def mark(session: Session, *, homework: Homework, therapist_id: int, note: str |
     return first
 
 
-def count(session: Session, *, client_id: int, last: int = LAST_N) -> ReviewCount:
-    """The review count of one client's last ``last`` settled homeworks (closed, or marked while still open)."""
+def count(
+    session: Session, *, client_id: int, last: int = LAST_N, homeworks: Iterable[Homework] | None = None
+) -> ReviewCount:
+    """The review count of one client's last ``last`` settled homeworks (closed, or marked while still open).
+
+    ``homeworks``: the client's homework rows when the caller has them already (the digest loads their
+    plain columns), saving a query; only the titles of those not reviewed are then read (decrypted).
+    """
+    if homeworks is not None:
+        settled = sorted(
+            (
+                h
+                for h in homeworks
+                if h.delivered_at is not None and (h.status == HomeworkStatus.CLOSED or h.reviewed_at is not None)
+            ),
+            key=lambda h: -(h.id or 0),
+        )[:last]
+        rows: Sequence[Any] = [(h.id, h.status, h.closed_at, h.reviewed_at, h.created_at) for h in settled]
+    else:
+        rows = _settled(session, client_id, last)
+    missing_ids = [r[0] for r in rows if r[3] is None]
+    titles: dict[int, str] = (
+        {
+            hid: title
+            for hid, title in session.execute(
+                sa_select(col(Homework.id), col(Homework.title)).where(col(Homework.id).in_(missing_ids))
+            )
+        }
+        if missing_ids
+        else {}
+    )
+    not_reviewed = tuple(NotReviewed(r[0] or 0, titles.get(r[0], ""), r[2] or r[4]) for r in rows if r[3] is None)
+    return ReviewCount(reviewed=sum(1 for r in rows if r[3] is not None), total=len(rows), not_reviewed=not_reviewed)
+
+
+def _settled(session: Session, client_id: int, last: int) -> Sequence[Any]:
     # Plain columns only: the (encrypted) titles are read for the few not reviewed.
-    rows = session.execute(
+    return session.execute(
         sa_select(
             col(Homework.id),
             col(Homework.status),
@@ -74,14 +109,6 @@ def count(session: Session, *, client_id: int, last: int = LAST_N) -> ReviewCoun
         .order_by(col(Homework.id).desc())
         .limit(last)
     ).all()
-    missing_ids = [r[0] for r in rows if r[3] is None]
-    titles = (
-        {h.id: h.title for h in session.exec(select(Homework).where(col(Homework.id).in_(missing_ids)))}
-        if missing_ids
-        else {}
-    )
-    not_reviewed = tuple(NotReviewed(r[0] or 0, titles.get(r[0], ""), r[2] or r[4]) for r in rows if r[3] is None)
-    return ReviewCount(reviewed=sum(1 for r in rows if r[3] is not None), total=len(rows), not_reviewed=not_reviewed)
 
 
 def _default(session: Session, client_id: int) -> Homework | None:

@@ -37,6 +37,11 @@ def plan_of(session: Session, client_id: int) -> SafetyPlan | None:
     return session.exec(select(SafetyPlan).where(SafetyPlan.client_id == client_id)).first()
 
 
+def reviewed_at(session: Session, client_id: int) -> datetime | None:
+    """When the client's plan was last reviewed (None: no plan), without decrypting its steps (the digest's need)."""
+    return session.exec(select(SafetyPlan.reviewed_at).where(SafetyPlan.client_id == client_id)).first()
+
+
 def items(value: str | None) -> list[str]:
     """A step's text as its items: one per line, or separated by “;” (how the one-line forms join lines)."""
     return [part for part in _ITEM_SPLIT.split(value or "") if part.strip()]
