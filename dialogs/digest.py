@@ -433,7 +433,7 @@ def build_client_digest(
         has_plan=plan_reviewed is not None,
         plan_reviewed=plan_reviewed,
         measures=measures.digest_views(session, client_id=client.id or 0, locale=prompts.locale),
-        review=review.count(session, client_id=client.id or 0, homeworks=all_homework.values()),
+        review=review.count(session, client_id=client.id or 0, homeworks=all_homework.values(), titles_since=start),
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
 

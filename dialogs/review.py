@@ -57,12 +57,18 @@ def mark(session: Session, *, homework: Homework, therapist_id: int, note: str |
 
 
 def count(
-    session: Session, *, client_id: int, last: int = LAST_N, homeworks: Iterable[Homework] | None = None
+    session: Session,
+    *,
+    client_id: int,
+    last: int = LAST_N,
+    homeworks: Iterable[Homework] | None = None,
+    titles_since: datetime | None = None,
 ) -> ReviewCount:
     """The review count of one client's last ``last`` settled homeworks (closed, or marked while still open).
 
     ``homeworks``: the client's homework rows when the caller has them already (the digest loads their
-    plain columns), saving a query; only the titles of those not reviewed are then read (decrypted).
+    plain columns), saving a query; only the titles of those not reviewed are then read (decrypted), and
+    with ``titles_since`` only of those closed since then (the digest names only those; the rest are counted).
     """
     if homeworks is not None:
         settled = sorted(
@@ -76,7 +82,7 @@ def count(
         rows: Sequence[Any] = [(h.id, h.status, h.closed_at, h.reviewed_at, h.created_at) for h in settled]
     else:
         rows = _settled(session, client_id, last)
-    missing_ids = [r[0] for r in rows if r[3] is None]
+    missing_ids = [r[0] for r in rows if r[3] is None and (titles_since is None or (r[2] or r[4]) >= titles_since)]
     titles: dict[int, str] = (
         {
             hid: title
