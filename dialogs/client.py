@@ -48,7 +48,8 @@ def idle(turn: Turn) -> None:
         if command is None and turn.is_("no"):
             turn.say("client.note_not_kept")
             return
-    if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete"):
+    # A stopped client can still read their own safety plan: it is for a crisis, not for homework.
+    if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete", "plan"):
         turn.say("client.while_stopped")
         return
     if command is not None:

@@ -66,6 +66,15 @@ def test_a_plan_in_one_message_is_read_by_the_client_and_comes_first_in_a_crisis
         assert "plan.set" in actions and "plan.read" in actions
 
 
+def test_a_client_who_stopped_messages_can_still_read_their_plan(companion: Companion) -> None:
+    dana, sam = setup(companion)
+    dana.send(PLAN)
+    sam.open()
+    sam.send("/stop")
+    assert "• cold water on my face" in sam.send("/plan")
+    assert "You've stopped messages" in sam.send("/homework")
+
+
 def test_the_step_by_step_form_keeps_skipped_steps(companion: Companion) -> None:
     dana, sam = setup(companion)
     dana.send(PLAN)
