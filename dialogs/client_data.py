@@ -5,7 +5,8 @@ nothing the export shows can be left behind by an erasure. A test holds the
 list against the schema: a new table with a ``client_id`` must be added here.
 
 What an erasure removes: the client's row, their chats (identities), invites,
-homework and its planned nudges, debriefs, log entries, safety flags,
+homework and its planned nudges, debriefs, log entries, safety flags, the
+safety plan, questionnaire answers and schedules,
 therapist notes, LLM usage rows, LLM mode's pending model jobs (their scripted
 replies unsent), the dialog state and wrong-code records of
 their chats, every outbox message to their chats (sent or pending), and every
@@ -40,15 +41,21 @@ from storage import (
     LlmJob,
     LlmUsage,
     LogEntry,
+    MeasureResponse,
+    MeasureSchedule,
     Occasion,
     OutboxMessage,
     SafetyFlag,
+    SafetyPlan,
     TherapistNote,
 )
 
 FORMAT: Final = "homework-companion/client-export@1"
 
 CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
+    SafetyPlan,
+    MeasureResponse,
+    MeasureSchedule,
     Debrief,
     LogEntry,
     Occasion,
@@ -66,6 +73,8 @@ CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
 _INTERNAL: Final = frozenset(
     {"client_id", "therapist_id", "scheduled_day", "scheduled_count", "digest_sent_for", "name_key", "claimed_until"}
 )
+# The therapist's own words about the client (the private review note): in the operator's export, not in /mydata.
+_THERAPISTS_OWN: Final = frozenset({"review_note"})
 _BATCH: Final = 500
 
 
@@ -81,7 +90,7 @@ def _rows(session: Session, table: type[SQLModel], client_id: int) -> Sequence[A
 
 def _dump(row: SQLModel, *, internal: bool) -> dict[str, Any]:
     data = row.model_dump(mode="json")
-    return data if internal else {k: v for k, v in data.items() if k not in _INTERNAL}
+    return data if internal else {k: v for k, v in data.items() if k not in _INTERNAL | _THERAPISTS_OWN}
 
 
 def _chats(session: Session, client_id: int) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from sqlalchemy import event, insert
 from sqlmodel import Session
 
 from dialogs import client as client_flows
-from dialogs import guard, llm_steps, onboarding, therapist
+from dialogs import guard, llm_steps, measures, onboarding, safety_plan, therapist
 from dialogs.clock import Clock
 from dialogs.homework import deliver_pending
 from dialogs.llm import LanguageModel
@@ -28,7 +28,10 @@ _CLIENT_FLOWS: Final[dict[str, Handler]] = {
     **client_flows.FLOWS,
     "join": lambda turn: onboarding.STEPS[turn.state.step](turn),
 }
-_THERAPIST_FLOWS: Final[dict[str, Handler]] = {therapist.DRAFT: therapist.draft_step}
+_THERAPIST_FLOWS: Final[dict[str, Handler]] = {
+    therapist.DRAFT: therapist.draft_step,
+    safety_plan.DRAFT: safety_plan.draft_step,
+}
 # A client's last contact is kept to the minute (the caseload shows it; "silent" counts days).
 LAST_CONTACT_RESOLUTION: Final = timedelta(minutes=1)
 
@@ -169,6 +172,7 @@ class Engine:
         # Safety first: every message not from a therapist is screened before
         # anything else, whatever its length and whatever the dialog state.
         if turn.therapist is None and turn.text and guard.screen(turn):
+            measures.after_screen(turn)  # a questionnaire paused by its safety question goes on
             return
         if turn.inbound.kind == "edited":
             return  # an edit is screened above, but never re-read as an answer

@@ -16,6 +16,7 @@ from typing import Any, Final
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
+from dialogs import safety_plan
 from dialogs.messages import Option, Outbound, about_client, enqueue
 from dialogs.safety import Level, RiskAssessment, Signal, assess
 from dialogs.timeparse import format_local, zone_country
@@ -288,7 +289,12 @@ def _crisis(turn: Turn, assessment: RiskAssessment, *, flag: SafetyFlag | None =
     client.crisis_since = client.crisis_since or turn.now
     turn.session.add_all([flag, client])
     therapist = _therapist(turn)
-    turn.say("safety.crisis", resources=text, therapist=therapist.name)
+    # The client's own safety plan first (their coping steps, the people they named), when they have one.
+    own = safety_plan.crisis_reply(turn.session, turn.prompts, client, resources=text, therapist=therapist.name)
+    if own is not None:
+        turn.say_text(own.text, prompt=own.prompt_key)
+    else:
+        turn.say("safety.crisis", resources=text, therapist=therapist.name)
     chat = q.latest_identity(turn.session, therapist_id=therapist.id)
     if chat is not None:
         turn.send(chat, alert_message(turn.prompts, turn.settings, flag, client, therapist, context=context))

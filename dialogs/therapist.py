@@ -10,7 +10,7 @@ from typing import Final
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from dialogs import access, llm_steps
+from dialogs import access, llm_steps, measures, review, safety_plan
 from dialogs.digest import build_caseload
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
@@ -246,6 +246,7 @@ def cmd_session(turn: Turn, rest: str) -> None:
         client.last_session_at = client.next_session_at
     client.next_session_at = when
     turn.session.add(client)
+    measures.replan_sessions(turn.session, client=client, settings=turn.settings, now=turn.now)
     turn.audit("session.set", client)
     turn.say("therapist.session.set", client=client.name, when=_when(turn, when))
 
@@ -639,4 +640,7 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "dashboard": cmd_dashboard,
     "therapists": cmd_therapists,
     "note": cmd_note,
+    "plan": safety_plan.therapist_plan,
+    "measure": measures.cmd_measure,
+    "reviewed": review.cmd_reviewed,
 }

@@ -6,7 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from dialogs import retention
+from dialogs import measures, retention
 from dialogs.digest import due_digest_clients, send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import alert_unanswered_questions, escalate_due_alerts
@@ -59,6 +59,8 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
         # Several at once (within the model's own call slots): a weekly digest can cover a whole caseload.
         with ThreadPoolExecutor(max_workers=max(1, min(llm.max_concurrency, len(due) or 1))) as pool:
             list(pool.map(lambda client_id: narrate(db, llm=llm, prompts=prompts, client_id=client_id, now=now), due))
+    with db.unit_of_work() as session:
+        measures.send_due_measures(session, prompts=prompts, settings=settings, now=now)
     with db.unit_of_work() as session:
         send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts, llm=engine.llm)
     if escalated:

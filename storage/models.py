@@ -172,6 +172,12 @@ class Homework(SQLModel, table=True):
     rationale_own_words: str | None = Field(default=None, sa_type=EncryptedText)
     confidence: int | None = None
     smaller_version_wanted: bool = False
+    importance: int | None = None  # 0–10, asked after confidence (Kazantzis' common language for homework)
+    # The review loop (dialogs.review): the therapist marked this homework reviewed in session; the note is
+    # the therapist's own (never shown to the client). A homework closed without a mark is "not reviewed".
+    reviewed_at: datetime | None = _ts()
+    reviewed_by: int | None = Field(default=None, foreign_key="therapist.id")
+    review_note: str | None = Field(default=None, sa_type=EncryptedText)
 
 
 class Occasion(SQLModel, table=True):
@@ -488,3 +494,64 @@ class WebToken(SQLModel, table=True):
     expires_at: datetime = _ts(nullable=False)
     used_at: datetime | None = _ts()  # a link: when it was exchanged for a session; a session: signed out
     csrf_secret: str | None = None  # sessions only
+
+
+SAFETY_PLAN_FIELDS: Final = ("warning_signs", "coping", "distractions", "people", "professionals", "environment")
+"""Stanley & Brown's six steps, in the order they are written (and asked for)."""
+
+
+class SafetyPlan(SQLModel, table=True):
+    """A client's safety plan (Stanley & Brown), written with the therapist in session: one per client.
+
+    Every step is the client's own words, encrypted. ``reviewed_at`` is when
+    the therapist last saved it (each save is a review with the client).
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", unique=True, index=True)
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    warning_signs: str | None = Field(default=None, sa_type=EncryptedText)
+    coping: str | None = Field(default=None, sa_type=EncryptedText)
+    distractions: str | None = Field(default=None, sa_type=EncryptedText)
+    people: str | None = Field(default=None, sa_type=EncryptedText)
+    professionals: str | None = Field(default=None, sa_type=EncryptedText)
+    environment: str | None = Field(default=None, sa_type=EncryptedText)
+    created_at: datetime = _ts(nullable=False)
+    reviewed_at: datetime = _ts(nullable=False)
+
+
+class MeasureSchedule(SQLModel, table=True):
+    """When a client is asked a questionnaire (``/measure NAME phq9 weekly``): the scheduler's due row."""
+
+    __table_args__ = (UniqueConstraint("client_id", "instrument"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    instrument: str  # "phq9" | "gad7"
+    cadence: str  # "weekly" | "before_session" | "once"
+    due_at: datetime | None = _ts(index=True)  # next time to ask, UTC; None: nothing planned
+    created_at: datetime = _ts(nullable=False)
+
+
+class MeasureStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+
+
+class MeasureResponse(SQLModel, table=True):
+    """One administration of a questionnaire: the answers so far (kept when interrupted), then the score."""
+
+    __table_args__ = (Index("ix_measureresponse_client_started", "client_id", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    instrument: str
+    status: str = MeasureStatus.IN_PROGRESS
+    started_at: datetime = _ts(nullable=False)
+    completed_at: datetime | None = _ts()
+    # Item answers (0–3) in order; encrypted, because each item is itself a health disclosure.
+    answers: list[int] = Field(default_factory=list, sa_column=Column(EncryptedJSON, nullable=False))
+    # The total and its published band, kept plain like a debrief's amount so the digest can chart them.
+    score: int | None = None
+    band: str | None = None

@@ -143,6 +143,7 @@ def world(sqlite_url: str, clock: FrozenClock, tmp_path: Path) -> Iterator[World
     sam.open()
     sam.send("so I find out if I really faint")
     sam.send("9")
+    sam.send("9")  # importance
     yield World(companion, model, llm, memory, dana, sam)
     base.db.dispose()
 
@@ -166,6 +167,7 @@ def test_provider_none_builds_no_model_and_makes_no_call(sqlite_companion: Compa
     sam.open()
     sam.send("because")
     sam.send("9")
+    sam.send("9")  # importance
     sam.send("done")
     assert sam.send("Rode two stops") == SURPRISED + "\n\n"
     with sqlite_companion.db.unit_of_work() as session:

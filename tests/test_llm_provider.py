@@ -77,6 +77,7 @@ def debrief_ready(companion: Companion, handle: str = "sam", name: str = "Sam") 
     sam.open()
     sam.send("so I find out if I really faint")
     sam.send("9")
+    sam.send("9")  # importance
     sam.send("done")
     return dana, sam
 
@@ -394,7 +395,7 @@ def test_concurrent_replies_wait_only_for_their_own_call_and_crisis_and_commands
                 name = f"Client{n}"
                 code = invite_code(dana.send(f"/invite {name}"))
                 dana.send(EXPERIMENT.replace("/homework Sam", f"/homework {name}"))
-                for text in (f"/start {code}", "yes", "London", "6pm", "so I find out", "9", "done"):
+                for text in (f"/start {code}", "yes", "London", "6pm", "so I find out", "9", "9", "done"):
                     before = len(telegram.texts(chat))
                     assert await post(chat, text) == 200
                     await said(chat, before + 1)
