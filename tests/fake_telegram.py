@@ -213,6 +213,10 @@ class _Handler(KeepAliveHandler):
     def _answer(self, fake: FakeBotAPI, received: float) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client died mid-request (a SIGKILLed sender): Telegram never sees a cut-off request.
+            self.close_connection = True
+            return
         split = urlsplit(self.path)
         try:
             params = _decode_mapping(dict(parse_qsl(split.query, keep_blank_values=True)))
