@@ -1,4 +1,4 @@
-"""Reference embeddings of all-MiniLM-L6-v2 (sentence-transformers on PyTorch) for the fixture the ONNX runtime is checked against.
+"""Reference embeddings of all-MiniLM-L6-v2 (sentence-transformers on PyTorch), for the ONNX runtime's fixture.
 
 Run it in a throwaway virtual environment, never the project's (the project needs no PyTorch):
 
@@ -131,7 +131,8 @@ def compare() -> None:
     ours = MiniLM().embed(texts)
     cosines = (ours * ref).sum(axis=1)
     worst = int(np.argmin(cosines))
-    print(f"{len(texts)} sentences: cosine min {cosines.min():.4f} mean {cosines.mean():.4f}; worst {texts[worst]!r:.60}")
+    print(f"{len(texts)} sentences: cosine min {cosines.min():.4f} mean {cosines.mean():.4f}", end="")
+    print(f"; worst {texts[worst]!r:.60}")
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
 import yaml
 
-Level = Literal["none", "concern", "crisis"]
+from dialogs.safety.verdict import LEVELS, Level, RiskAssessment
 
-LEVELS: Final[tuple[Level, ...]] = ("none", "concern", "crisis")
+__all__ = ["DEFAULT_LOCALE", "LEVELS", "Level", "RiskAssessment", "assess", "grey", "known_reasons"]
+
 DEFAULT_LOCALE: Final = "en"
 LEXICON_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "prompts" / "safety"
 # The only locale names ever turned into a file name: no path tricks through `locale`.
@@ -43,14 +44,6 @@ _BLANK: Final = " | "
 # Screening must fail safe: a bug or a missing lexicon must not silently read as "no risk",
 # and must not flood therapists with crises either.
 _FAILSAFE_REASON: Final = "screen could not run"
-
-
-@dataclass(frozen=True)
-class RiskAssessment:
-    """The screen's verdict: a level and short, fixed, therapist-safe reasons (never message text)."""
-
-    level: Level
-    reasons: tuple[str, ...] = ()
 
 
 _NO_RISK: Final = RiskAssessment("none", ())
@@ -148,6 +141,11 @@ class _Lexicon:
     unfiltered_parts: tuple[tuple[int, int], ...]  # parts without a keyword requirement
     combos: tuple[_Combo, ...]
     reasons: frozenset[str]
+    # Reasons whose match carries a risk concept even when it is capped below crisis (their rule
+    # or combination is a crisis; "ask: true" in the lexicon marks weaker ones): see grey().
+    crisis_reasons: frozenset[str] = frozenset()
+    ask_reasons: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
 
 
 def _expand(pattern: str, macros: Mapping[str, str]) -> str:
@@ -398,6 +396,8 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
 
     rules: list[_Rule] = []
     reasons: set[str] = set()
+    crisis_reasons: set[str] = set()
+    ask_reasons: set[str] = set()
     for spec in data.get("rules") or []:
         rid = str(spec["id"])
         alternatives = [alt for p in _as_list(spec["patterns"]) for alt in _top_level_alternatives(_expand(p, macros))]
@@ -424,6 +424,10 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
         )
         if reason:
             reasons.add(reason)
+            if level == "crisis":
+                crisis_reasons.add(reason)
+            if spec.get("ask"):
+                ask_reasons.add(reason)
 
     combos: list[_Combo] = []
     for spec in data.get("combos") or []:
@@ -444,6 +448,10 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
             )
         )
         reasons.add(str(spec["reason"]))
+        if str(spec["level"]) == "crisis":
+            crisis_reasons.add(str(spec["reason"]))
+        if spec.get("ask"):
+            ask_reasons.add(str(spec["reason"]))
 
     # A misspelt tag would silently switch a combination off: refuse to load instead.
     produced = frozenset().union(*(rule.tags for rule in rules))
@@ -489,6 +497,9 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
         unfiltered_parts=tuple(unfiltered),
         combos=tuple(combos),
         reasons=frozenset(reasons),
+        crisis_reasons=frozenset(crisis_reasons),
+        ask_reasons=frozenset(ask_reasons),
+        labels=frozenset(labels),
     )
 
 
@@ -528,6 +539,29 @@ def _lexicon(locale: str) -> _Lexicon:
 def known_reasons(locale: str = DEFAULT_LOCALE) -> frozenset[str]:
     """Every reason string `assess` can return for `locale`: a fixed vocabulary from the lexicon."""
     return _lexicon(_normal_locale(locale)).reasons | {_FAILSAFE_REASON}
+
+
+def grey(assessment: RiskAssessment, locale: str = DEFAULT_LOCALE) -> bool:
+    """True when a lexicon verdict below crisis still carries a risk concept: the grey zone.
+
+    That is a crisis rule or combination whose match was capped by a modifier
+    (denied, joking, past, hypothetical, ...: the reason reads "<reason>
+    (<label>)"), a rule the lexicon marks ``ask: true``, or the screen's own
+    failure. The combined screen asks the direct safety question for these.
+    """
+    if assessment.level == "crisis":
+        return False
+    try:
+        lex = _lexicon(_normal_locale(locale))
+    except Exception:
+        return assessment.level != "none"
+    for reason in assessment.reasons:
+        if reason == _FAILSAFE_REASON or reason in lex.ask_reasons:
+            return True
+        base, _, label = reason.rpartition(" (")
+        if base and label.endswith(")") and label[:-1] in lex.labels and base in lex.crisis_reasons:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- normalisation
