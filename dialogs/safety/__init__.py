@@ -114,7 +114,7 @@ def assess(text: str, *, locale: str = lexicon.DEFAULT_LOCALE) -> RiskAssessment
         lexical = lexicon.assess(text, locale=locale)
         if not text.strip():
             return lexical
-        grey = lexicon.grey(lexical, locale)
+        grey = lexical.ask
     except Exception:  # the lexicon already fails safe; this is belt and braces
         return RiskAssessment("concern", ("screen could not run",), ask=True)
     score: LearnedScore | None = None

@@ -7,15 +7,20 @@ from typing import Final
 from dialogs.safety.classifier import LearnedScore, Thresholds
 from dialogs.safety.verdict import LEVELS, Level, RiskAssessment, Signal
 
-# The learned layer's reasons: fixed strings, shown to the therapist with the score.
+# The learned layer's reasons (in ``reasons``, for the flag) and its signal's shorter ones (shown
+# after the layer's name, with the score: "learned layer: possible crisis 0.83"). Fixed strings.
 LEARNED_CRISIS: Final = "learned layer: crisis likely"
 LEARNED_GREY: Final = "learned layer: possible crisis"
 LEARNED_CONCERN: Final = "learned layer: concern"
-LEARNED_NONE: Final = "learned layer: no risk found"
 LEARNED_FAILED: Final = "learned layer could not run"
-LEXICON_GREY: Final = "lexicon: risk words, qualified"
-LEXICON_NONE: Final = "lexicon: no match"
-REASONS: Final = frozenset({LEARNED_CRISIS, LEARNED_GREY, LEARNED_CONCERN, LEARNED_FAILED, LEXICON_GREY})
+REASONS: Final = frozenset({LEARNED_CRISIS, LEARNED_GREY, LEARNED_CONCERN, LEARNED_FAILED})
+_SIGNAL_REASON: Final = {
+    LEARNED_CRISIS: "crisis likely",
+    LEARNED_GREY: "possible crisis",
+    LEARNED_CONCERN: "concern",
+    LEARNED_FAILED: "could not run",
+}
+LEARNED_NONE: Final = "no risk found"
 
 _RANK: Final = {level: i for i, level in enumerate(LEVELS)}
 
@@ -29,7 +34,7 @@ def combine(
     learned: LearnedScore | None,
     thresholds: Thresholds | None,
     *,
-    lexicon_grey: bool = False,
+    lexicon_grey: bool | None = None,
 ) -> RiskAssessment:
     """The combined verdict of the lexicon's ``lexical`` and the learned layer's ``learned`` score.
 
@@ -38,26 +43,25 @@ def combine(
         crisis probability is at or above ``thresholds.crisis``;
       * the grey zone — the crisis probability in ``[thresholds.ask,
         thresholds.crisis)``, or a lexicon match that carries a risk concept
-        but was capped (``lexicon_grey``, see :func:`dialogs.safety.lexicon.grey`)
+        but was capped (``lexicon_grey``; by default the lexicon's own ``ask``)
         — is ``"concern"`` with ``ask=True``: the dialog asks the direct question;
       * a concern-or-above probability at or above ``thresholds.concern`` is a concern;
       * any layer can raise the level and none can lower another's;
       * ``learned is None`` means the learned layer failed: the message is
         treated as the grey zone (concern, ``ask=True``), never as "none".
     ``reasons`` are the lexicon's followed by the learned layer's (fixed
-    strings); ``signals`` hold one :class:`Signal` per layer with its score.
+    strings); ``signals`` are the lexicon's (one per reason) and one of the
+    learned layer, with its score (also when it found nothing: the therapist
+    sees that it disagreed).
     """
     level: Level = lexical.level
-    lex_reason = "; ".join(lexical.reasons) if lexical.reasons else LEXICON_NONE
-    signals = [Signal("lexicon", lexical.level, None, lex_reason)]
+    signals = list(lexical.signals)
     reasons = list(lexical.reasons)
-    ask = lexicon_grey
-    if lexicon_grey and LEXICON_GREY not in reasons:
-        reasons.append(LEXICON_GREY)
+    ask = lexical.ask if lexicon_grey is None else lexicon_grey
     scope = 0.0
     scope_question = False
     if learned is None or thresholds is None:
-        signals.append(Signal("learned", "concern", None, LEARNED_FAILED))
+        signals.append(Signal("learned", "concern", None, _SIGNAL_REASON[LEARNED_FAILED]))
         reasons.append(LEARNED_FAILED)
         level, ask = _higher(level, "concern"), True
     else:
@@ -72,7 +76,7 @@ def combine(
             said, reason, score = "concern", LEARNED_CONCERN, learned.risk
         else:
             said, reason, score = "none", LEARNED_NONE, learned.risk
-        signals.append(Signal("learned", said, round(score, 4), reason))
+        signals.append(Signal("learned", said, round(score, 4), _SIGNAL_REASON.get(reason, reason)))
         if said != "none":
             reasons.append(reason)
         level = _higher(level, said)

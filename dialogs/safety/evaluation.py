@@ -83,7 +83,7 @@ def verdicts(
     out = []
     for example, score in zip(examples, scores, strict=True):
         lexical = lexicon.assess(example.text, locale=locale)
-        out.append(combine(lexical, score, thresholds, lexicon_grey=lexicon.grey(lexical, locale)))
+        out.append(combine(lexical, score, thresholds))
     return out
 
 

@@ -28,9 +28,9 @@ from typing import Any, Final, cast
 
 import yaml
 
-from dialogs.safety.verdict import LEVELS, Level, RiskAssessment
+from dialogs.safety.verdict import LEVELS, Level, RiskAssessment, Signal
 
-__all__ = ["DEFAULT_LOCALE", "LEVELS", "Level", "RiskAssessment", "assess", "grey", "known_reasons"]
+__all__ = ["DEFAULT_LOCALE", "LEVELS", "Level", "RiskAssessment", "Signal", "assess", "known_reasons"]
 
 DEFAULT_LOCALE: Final = "en"
 LEXICON_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "prompts" / "safety"
@@ -44,6 +44,10 @@ _BLANK: Final = " | "
 # Screening must fail safe: a bug or a missing lexicon must not silently read as "no risk",
 # and must not flood therapists with crises either.
 _FAILSAFE_REASON: Final = "screen could not run"
+# Modifiers that cap a crisis rule without settling it: a denial, a hypothetical, a joke, a resisted
+# urge or a passive wish may still hide active risk, so the screen asks directly (the grey zone).
+# Modifiers that explain the words away (sport, fiction, someone else, the past...) do not ask.
+_GREY_LABELS: Final = frozenset({"denied", "hypothetical", "possibly joking", "urge resisted", "passive"})
 
 
 _NO_RISK: Final = RiskAssessment("none", ())
@@ -141,11 +145,6 @@ class _Lexicon:
     unfiltered_parts: tuple[tuple[int, int], ...]  # parts without a keyword requirement
     combos: tuple[_Combo, ...]
     reasons: frozenset[str]
-    # Reasons whose match carries a risk concept even when it is capped below crisis (their rule
-    # or combination is a crisis; "ask: true" in the lexicon marks weaker ones): see grey().
-    crisis_reasons: frozenset[str] = frozenset()
-    ask_reasons: frozenset[str] = frozenset()
-    labels: frozenset[str] = frozenset()
 
 
 def _expand(pattern: str, macros: Mapping[str, str]) -> str:
@@ -396,8 +395,6 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
 
     rules: list[_Rule] = []
     reasons: set[str] = set()
-    crisis_reasons: set[str] = set()
-    ask_reasons: set[str] = set()
     for spec in data.get("rules") or []:
         rid = str(spec["id"])
         alternatives = [alt for p in _as_list(spec["patterns"]) for alt in _top_level_alternatives(_expand(p, macros))]
@@ -424,10 +421,6 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
         )
         if reason:
             reasons.add(reason)
-            if level == "crisis":
-                crisis_reasons.add(reason)
-            if spec.get("ask"):
-                ask_reasons.add(reason)
 
     combos: list[_Combo] = []
     for spec in data.get("combos") or []:
@@ -448,10 +441,6 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
             )
         )
         reasons.add(str(spec["reason"]))
-        if str(spec["level"]) == "crisis":
-            crisis_reasons.add(str(spec["reason"]))
-        if spec.get("ask"):
-            ask_reasons.add(str(spec["reason"]))
 
     # A misspelt tag would silently switch a combination off: refuse to load instead.
     produced = frozenset().union(*(rule.tags for rule in rules))
@@ -497,9 +486,6 @@ def _compile(data: Mapping[str, Any], locale: str) -> _Lexicon:
         unfiltered_parts=tuple(unfiltered),
         combos=tuple(combos),
         reasons=frozenset(reasons),
-        crisis_reasons=frozenset(crisis_reasons),
-        ask_reasons=frozenset(ask_reasons),
-        labels=frozenset(labels),
     )
 
 
@@ -539,29 +525,6 @@ def _lexicon(locale: str) -> _Lexicon:
 def known_reasons(locale: str = DEFAULT_LOCALE) -> frozenset[str]:
     """Every reason string `assess` can return for `locale`: a fixed vocabulary from the lexicon."""
     return _lexicon(_normal_locale(locale)).reasons | {_FAILSAFE_REASON}
-
-
-def grey(assessment: RiskAssessment, locale: str = DEFAULT_LOCALE) -> bool:
-    """True when a lexicon verdict below crisis still carries a risk concept: the grey zone.
-
-    That is a crisis rule or combination whose match was capped by a modifier
-    (denied, joking, past, hypothetical, ...: the reason reads "<reason>
-    (<label>)"), a rule the lexicon marks ``ask: true``, or the screen's own
-    failure. The combined screen asks the direct safety question for these.
-    """
-    if assessment.level == "crisis":
-        return False
-    try:
-        lex = _lexicon(_normal_locale(locale))
-    except Exception:
-        return assessment.level != "none"
-    for reason in assessment.reasons:
-        if reason == _FAILSAFE_REASON or reason in lex.ask_reasons:
-            return True
-        base, _, label = reason.rpartition(" (")
-        if base and label.endswith(")") and label[:-1] in lex.labels and base in lex.crisis_reasons:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -766,7 +729,11 @@ def _screen(text: str, lex: _Lexicon) -> RiskAssessment:
     found: dict[str, int] = {}  # reason -> rank, insertion-ordered
     tags: list[set[str]] = [set() for _ in sentences]
 
-    def note(level: Level, reason: str, label: str | None) -> None:
+    grey: list[bool] = [False]  # a crisis rule capped by a modifier that leaves the risk open
+
+    def note(level: Level, reason: str, label: str | None, base: Level = "none") -> None:
+        if base == "crisis" and label in _GREY_LABELS and level != "crisis":
+            grey[0] = True
         if level == "none" or not reason:
             return
         key = f"{reason} ({label})" if label else reason
@@ -791,7 +758,7 @@ def _screen(text: str, lex: _Lexicon) -> RiskAssessment:
                         # Only an unqualified statement feeds combinations: "I'd never take
                         # pills" must not pair with "tonight" into a crisis.
                         tags[si].update(rule.tags)
-                    note(level, rule.reason, label)
+                    note(level, rule.reason, label, rule.level)
 
     everything = range(len(sentences))
     present = set().union(*tags)
@@ -826,13 +793,14 @@ def _screen(text: str, lex: _Lexicon) -> RiskAssessment:
                     best = capped
                 if capped[1] is None:  # an unqualified anchor: the full level stands
                     break
-            note(best[0], combo.reason, best[1])
+            note(best[0], combo.reason, best[1], combo.level)
 
     if not found:
         return _NO_RISK
     top = max(found.values())
     ordered = sorted(found, key=lambda r: -found[r])  # stable: crisis reasons first, then concern
-    return RiskAssessment(LEVELS[top], tuple(ordered))
+    signals = tuple(Signal("lexicon", LEVELS[found[r]], None, r) for r in ordered)
+    return RiskAssessment(LEVELS[top], tuple(ordered), ask=grey[0] and top < _RANK["crisis"], signals=signals)
 
 
 def assess(text: str, *, locale: str = DEFAULT_LOCALE) -> RiskAssessment:
@@ -872,7 +840,9 @@ def assess(text: str, *, locale: str = DEFAULT_LOCALE) -> RiskAssessment:
             return _NO_RISK
         return _screen(text, _lexicon(_normal_locale(locale)))
     except Exception:  # the screen runs before every dialog: it must never take one down
-        return RiskAssessment("concern", (_FAILSAFE_REASON,))
+        return RiskAssessment(
+            "concern", (_FAILSAFE_REASON,), ask=True, signals=(Signal("lexicon", "concern", None, _FAILSAFE_REASON),)
+        )
 
 
 def _warm() -> None:

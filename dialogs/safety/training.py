@@ -31,7 +31,6 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from dialogs.safety import lexicon
 from dialogs.safety.classifier import CLASSES, Head, LearnedScore, Thresholds, aggregate
 from dialogs.safety.corpus import Example
 from dialogs.safety.verdict import RiskAssessment
@@ -272,7 +271,7 @@ def _columns(
         scope=col(e.scope for e in examples),
         lex_crisis=col(a.level == "crisis" for a in lexical),
         lex_risky=col(a.level != "none" for a in lexical),
-        lex_grey=col(lexicon.grey(a) for a in lexical),
+        lex_grey=col(a.ask for a in lexical),
         scope_patterns=col(scope_patterns),
         p_crisis=col(s.crisis for s in scores).astype(np.float64),
         p_risk=col(s.risk for s in scores).astype(np.float64),

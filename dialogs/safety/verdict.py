@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 Level = Literal["none", "concern", "crisis"]
+# The screen's layers; the dialog adds its own ("llm" opinion, "question" answered, "measure").
 Layer = Literal["lexicon", "learned"]
 
 LEVELS: Final[tuple[Level, ...]] = ("none", "concern", "crisis")
@@ -18,7 +19,7 @@ class Signal:
     Never contains message text: it is stored on the flag and shown to the therapist.
     """
 
-    layer: Layer
+    layer: str  # a Layer, or a layer the dialog adds: "llm", "question", "measure"
     level: Level
     score: float | None
     reason: str
