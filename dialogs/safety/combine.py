@@ -74,8 +74,8 @@ def combine(
             said, reason, score, ask = "concern", LEARNED_GREY, learned.crisis, True
         elif learned.risk >= thresholds.concern:
             said, reason, score = "concern", LEARNED_CONCERN, learned.risk
-        else:
-            said, reason, score = "none", LEARNED_NONE, learned.risk
+        else:  # the crisis probability: "no risk found 0.02" must not read as a risk of 0.9
+            said, reason, score = "none", LEARNED_NONE, learned.crisis
         signals.append(Signal("learned", said, round(score, 4), _SIGNAL_REASON.get(reason, reason)))
         if said != "none":
             reasons.append(reason)
