@@ -168,8 +168,8 @@ def test_either_layer_confident_is_a_crisis() -> None:
     assert combine(_lex("crisis", "suicidal intent"), _score(0.01), THRESHOLDS).level == "crisis"
     learned = combine(_lex("none"), _score(0.95), THRESHOLDS)
     assert (learned.level, learned.ask) == ("crisis", False)
-    assert [s.layer for s in learned.signals] == ["lexicon", "learned"]
-    assert learned.signals[1].score == 0.95 and learned.signals[1].level == "crisis"
+    assert [s.layer for s in learned.signals] == ["learned"]  # the lexicon signals only what it found
+    assert learned.signals[-1].score == 0.95 and learned.signals[-1].level == "crisis"
 
 
 def test_the_grey_zone_is_concern_and_asks() -> None:
@@ -192,13 +192,15 @@ def test_no_layer_lowers_another() -> None:
 def test_a_learned_failure_is_the_grey_zone_never_none() -> None:
     failed = combine(_lex("none"), None, THRESHOLDS)
     assert (failed.level, failed.ask) == ("concern", True)
-    assert failed.signals[1] == safety.Signal("learned", "concern", None, LEARNED_FAILED)
+    assert failed.signals[-1] == safety.Signal("learned", "concern", None, "could not run")
+    assert LEARNED_FAILED in failed.reasons
     assert combine(_lex("crisis", "suicidal intent"), None, None).level == "crisis"
 
 
 def test_scope_comes_from_the_learned_head() -> None:
     verdict = combine(_lex("none"), _score(0.0, 0.0, 0.7), THRESHOLDS)
     assert verdict.scope == 0.7 and verdict.scope_question
+    assert not combine(_lex("none"), _score(0.0, 0.0, 0.7), THRESHOLDS, question=False).scope_question
     assert not combine(_lex("none"), _score(0.0, 0.0, 0.2), THRESHOLDS).scope_question
 
 
@@ -206,19 +208,21 @@ def test_signals_and_reasons_never_carry_message_text() -> None:
     text = "I have the pills here and I'm taking them all tonight, Zebrafinch42"
     verdict = safety.assess(text)
     assert verdict.level == "crisis" and verdict.reasons
-    for item in [*verdict.reasons, *(s.reason for s in verdict.signals)]:
+    for item in verdict.reasons:
         assert "zebrafinch" not in item.lower() and item in safety.known_reasons()
+    assert all("zebrafinch" not in s.reason.lower() for s in verdict.signals)
 
 
 def test_scope_questions_are_recognised() -> None:
     assert safety.assess("is it ok to stop my meds?").scope_question
     assert safety.assess("i reckon i have OCD what do u think").scope_question
     assert not safety.assess("Did the thought record after lunch, anxiety 40%.").scope_question
+    assert not safety.assess("it helps my mood").scope_question  # an answer, not a question
 
 
 def test_the_lexicon_alone_is_still_there() -> None:
     assert lexicon.assess("I'm going to kill myself tonight.").level == "crisis"
-    assert lexicon.assess("I'm going to kill myself tonight.").signals == ()
+    assert {s.layer for s in lexicon.assess("I'm going to kill myself tonight.").signals} == {"lexicon"}
 
 
 # --------------------------------------------------------------------------- bad input
@@ -245,7 +249,7 @@ def test_assess_answers_any_input(text: Any) -> None:
     verdict = safety.assess(text)
     assert verdict.level in safety.LEVELS
     if isinstance(text, str) and text.strip():
-        assert [s.layer for s in verdict.signals] == ["lexicon", "learned"]
+        assert verdict.signals[-1].layer == "learned"
 
 
 @settings(max_examples=40, deadline=None)

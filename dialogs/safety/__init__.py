@@ -24,7 +24,7 @@ from typing import Final
 from dialogs.safety import lexicon
 from dialogs.safety.classifier import LearnedLayer, LearnedScore, ModelError, Thresholds
 from dialogs.safety.combine import REASONS as _LEARNED_REASONS
-from dialogs.safety.combine import combine
+from dialogs.safety.combine import asks, combine
 from dialogs.safety.verdict import LEVELS, Layer, Level, RiskAssessment, Signal
 
 __all__ = [
@@ -106,7 +106,7 @@ def assess(text: str, *, locale: str = lexicon.DEFAULT_LOCALE) -> RiskAssessment
     zone: at least ``"concern"`` with ``ask=True`` and a signal saying so,
     never a silent ``"none"``. Empty or blank text is ``"none"`` without
     asking (there is nothing to read). The learned layer reads English-trained
-    embeddings whatever the locale. About 5-10 ms for a short message on one core.
+    embeddings whatever the locale. Latency: BENCHMARKS.md ("Risk screen per message").
     """
     try:
         if not isinstance(text, str):
@@ -127,7 +127,7 @@ def assess(text: str, *, locale: str = lexicon.DEFAULT_LOCALE) -> RiskAssessment
             log.error("the learned risk layer failed on a message: %s", type(exc).__name__)
             score = None
     try:
-        return combine(lexical, score, thresholds, lexicon_grey=grey)
+        return combine(lexical, score, thresholds, lexicon_grey=grey, question=asks(text))
     except Exception:
         return RiskAssessment(lexical.level if lexical.level == "crisis" else "concern", lexical.reasons, ask=True)
 

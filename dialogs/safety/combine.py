@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from dialogs.safety.classifier import LearnedScore, Thresholds
@@ -23,6 +24,18 @@ _SIGNAL_REASON: Final = {
 LEARNED_NONE: Final = "no risk found"
 
 _RANK: Final = {level: i for i, level in enumerate(LEVELS)}
+# A scope question asks something: the learned scope head alone also scores answers that merely
+# mention mood or medication ("it helps my mood"), which must stay answers in a dialog.
+_ASKS: Final = re.compile(
+    r"\?|\b(?:should|shall|can|could|may|might|will|would|what|how|why|which|whether|think|reckon|wonder"
+    r"|advice|advise|tell me|is it|is this|is that|am i|do i|does|did i|ok to|okay to|alright to)\b",
+    re.IGNORECASE,
+)
+
+
+def asks(text: str) -> bool:
+    """Whether ``text`` reads as a question or a request for advice (for the learned scope head)."""
+    return _ASKS.search(text) is not None
 
 
 def _higher(a: Level, b: Level) -> Level:
@@ -35,6 +48,7 @@ def combine(
     thresholds: Thresholds | None,
     *,
     lexicon_grey: bool | None = None,
+    question: bool = True,
 ) -> RiskAssessment:
     """The combined verdict of the lexicon's ``lexical`` and the learned layer's ``learned`` score.
 
@@ -47,6 +61,8 @@ def combine(
         — is ``"concern"`` with ``ask=True``: the dialog asks the direct question;
       * a concern-or-above probability at or above ``thresholds.concern`` is a concern;
       * any layer can raise the level and none can lower another's;
+      * ``scope_question``: the scope probability is at or above
+        ``thresholds.scope`` and the message is a ``question`` (see :func:`asks`);
       * ``learned is None`` means the learned layer failed: the message is
         treated as the grey zone (concern, ``ask=True``), never as "none".
     ``reasons`` are the lexicon's followed by the learned layer's (fixed
@@ -66,7 +82,7 @@ def combine(
         level, ask = _higher(level, "concern"), True
     else:
         scope = learned.scope
-        scope_question = learned.scope >= thresholds.scope
+        scope_question = question and learned.scope >= thresholds.scope
         if learned.crisis >= thresholds.crisis:
             said: Level = "crisis"
             reason, score = LEARNED_CRISIS, learned.crisis
