@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from sqlmodel import Session, select
 
-from bot import cli_privacy, cli_safety, logs
+from bot import cli_ops, cli_privacy, cli_safety, logs
 from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
@@ -98,6 +98,9 @@ def run(
         if config is not None:  # the workers read the same file
             os.environ[CONFIG_ENV] = str(config.resolve())
         companion.db.dispose()  # the schema is up to date; each worker builds its own companion
+        from bot.metrics import prepare_multiprocess
+
+        prepare_multiprocess()  # the workers' counters are summed by whichever one answers /metrics
         from bot import workers as worker_processes
 
         if worker_processes.supported():  # one socket per worker: connections spread evenly (see bot.workers)
@@ -158,7 +161,7 @@ def chat(
                 )
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
-    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)
+    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address, jobs=companion.jobs)
     interactive = sys.stdin.isatty()
     stop = threading.Event()
     if interactive:
@@ -181,6 +184,8 @@ def digest(
     from dialogs import access
     from dialogs.digest import build_caseload, build_client_digest
     from dialogs.digest_text import render_caseload_text, render_markdown, render_text
+    from dialogs.llm_steps import narrate, with_narrative
+    from storage import Client
 
     if format_ not in ("text", "md"):
         typer.echo("error: --format must be text or md", err=True)
@@ -199,7 +204,16 @@ def digest(
         if client is None:
             typer.echo(f"error: {owner.name} has no client called {name!r}", err=True)
             raise typer.Exit(1)
+        client_id = client.id
+    llm = companion.engine.llm
+    if llm is not None and client_id is not None:
+        # LLM mode: the narrative as /digest shows it, written (once per period) with no transaction open.
+        narrate(companion.db, llm=llm, prompts=prompts_, client_id=client_id, now=now)
+    with companion.db.unit_of_work() as session:
+        client = session.get(Client, client_id)
+        assert client is not None
         model = build_client_digest(session, prompts=prompts_, client=client, therapist=owner, now=now)
+        model = with_narrative(session, llm=llm, digest=model, prompts=prompts_, now=now)
         access.audit(session, actor=access.OPERATOR, action="digest.read", now=now, client=client)
     typer.echo(render_markdown(model, prompts_) if format_ == "md" else render_text(model, prompts_))
     if chart is not None:
@@ -389,6 +403,7 @@ def db_revision(message: str, config: ConfigOption = None) -> None:
 
 
 cli_privacy.register(app, therapist_app, lambda config: _companion(config, quiet=True))
+cli_ops.register(app, _settings)
 cli_safety.register(app)
 
 
@@ -427,6 +442,10 @@ def usage(
             labels[line.client_id] = (
                 f"{client.name} (#{client.id})" if client else f"#{line.client_id} (erased)" if line.client_id else "—"
             )
+    llm = companion.engine.llm
+    mode = f"on ({llm.provider} {llm.model}, at most {llm.max_concurrency} calls at once)" if llm else "off"
+    typer.echo(f"LLM mode: {mode}")
+    typer.echo(f"Memory: {companion.memory_status}")
     typer.echo(f"LLM usage since {since:%Y-%m-%d %H:%M} UTC ({period}):")
     typer.echo(
         f"{'client':<28} {'calls':>6} {'fallbacks':>9} {'input tokens':>13} {'output tokens':>13} {'est. cost':>10}"

@@ -7,8 +7,9 @@ Two settings (``retention`` in config.yaml):
   handled platform messages. Dialog state is not a message: it is one row
   per chat, overwritten as the chat moves on.
 - ``records_days`` (default: keep): the clinical record the therapist reviews —
-  debriefs, log entries, settled safety flags and reminders, and closed
-  homework with nothing left attached. Off by default because therapists
+  debriefs, log entries, questionnaire answers, settled safety flags and
+  reminders, and closed homework with nothing left attached (a safety plan is
+  the client's current document, not a record of the past: it stays). Off by default because therapists
   usually must keep records for years; set it to what your practice's
   record-keeping rules say.
 
@@ -35,6 +36,7 @@ from storage import (
     HomeworkStatus,
     JoinFailure,
     LogEntry,
+    MeasureResponse,
     Occasion,
     OutboxMessage,
     ProcessedInbound,
@@ -75,6 +77,7 @@ def purge(session: Session, *, policy: RetentionPolicy, now: datetime) -> dict[s
         cutoff = now - policy.records
         run("logentry", delete(LogEntry).where(col(LogEntry.created_at) < cutoff))
         run("debrief", delete(Debrief).where(col(Debrief.started_at) < cutoff))
+        run("measureresponse", delete(MeasureResponse).where(col(MeasureResponse.started_at) < cutoff))
         open_alert = and_(col(SafetyFlag.level) == FlagLevel.CRISIS, col(SafetyFlag.acknowledged_at).is_(None))
         run("safetyflag", delete(SafetyFlag).where(col(SafetyFlag.created_at) < cutoff, ~open_alert))
         settled = col(Occasion.status).in_(_SETTLED)  # answered, not reviewed, missed, skipped, cancelled

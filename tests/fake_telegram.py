@@ -108,6 +108,7 @@ class _Fault:
     migrate_to_chat_id: int | None
     chat_id: str | None
     times: int
+    after: int = 0  # matching calls to let through first
 
 
 @dataclass
@@ -275,6 +276,7 @@ class FakeBotAPI(ServedFake):
         self._poll_generation = 0
         self._rules = _Rules()
         self._webhook: dict[str, Any] | None = None
+        self._webhook_error: tuple[int, str] | None = None  # (unix time, message) of the last failed delivery
         self._chats: dict[str, dict[str, Any]] = {}
         self._next_message_id: dict[str, int] = {}
         self._messages: dict[tuple[str, int], dict[str, Any]] = {}
@@ -396,8 +398,11 @@ class FakeBotAPI(ServedFake):
         times: int = 1,
         migrate_to_chat_id: int | None = None,
         chat_id: int | str | None = None,
+        after: int = 0,
     ) -> None:
         """Answer the next ``times`` calls to ``method`` (optionally only those for ``chat_id``) with an error.
+
+        ``after`` lets that many matching calls succeed first (the second part of a long message fails).
 
         ``description`` defaults to Telegram's usual text for ``status``; ``retry_after`` and
         ``migrate_to_chat_id`` go into the envelope's ``parameters``. A failed call has no effect.
@@ -419,6 +424,7 @@ class FakeBotAPI(ServedFake):
                     migrate_to_chat_id,
                     None if chat_id is None else str(chat_id),
                     times,
+                    after,
                 )
             )
 
@@ -472,6 +478,9 @@ class FakeBotAPI(ServedFake):
     def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
         for fault in self._rules.faults:
             if fault.method == method and (fault.chat_id is None or fault.chat_id == str(params.get("chat_id"))):
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
                 fault.times -= 1
                 if fault.times == 0:
                     self._rules.faults.remove(fault)
@@ -648,6 +657,11 @@ class FakeBotAPI(ServedFake):
         self._webhook = dict(params)
         return _ok(True)
 
+    def webhook_failed(self, message: str, at: int) -> None:
+        """Make getWebhookInfo report a failed delivery (``last_error_date``, ``last_error_message``)."""
+        with self._cond:
+            self._webhook_error = (at, message)
+
     def _delete_webhook(self, params: dict[str, Any]) -> _Reply:
         if params.get("drop_pending_updates") is True:
             self._drop_all_updates()
@@ -671,6 +685,8 @@ class FakeBotAPI(ServedFake):
             for name in ("max_connections", "allowed_updates", "ip_address"):
                 if name in self._webhook:
                     info[name] = self._webhook[name]
+            if self._webhook_error is not None:
+                info["last_error_date"], info["last_error_message"] = self._webhook_error
         return _ok(info)
 
     def _confirm(self, offset: int) -> None:
