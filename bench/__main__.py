@@ -1,6 +1,6 @@
 """Every benchmark in one command; prints a line per run as it goes and a table to paste into BENCHMARKS.md.
 
-    python -m bench [inbound] [outbound] [sweep] [digest] [kill]   (default: all of them)
+    python -m bench [inbound] [outbound] [sweep] [digest] [kill] [safety]   (default: all of them)
         [--backends sqlite,postgresql] [--workers 1,2] [--duration 15] [--quick]
 
     inbound   `companion run` (webhook) under Telegram-format load, with its memory, and the bare-stack ceiling
@@ -8,6 +8,7 @@
     sweep     bench.scheduler_sweep (100,000 due nudges)
     digest    bench.digest (50 clients x 8 weeks)
     kill      bench.kill (`companion run` killed three times while 2,000 nudges go out)
+    safety    bench.safety_screen (p50/p95 per message: the lexicon alone and the combined risk screen)
 
 PostgreSQL runs use a fresh schema in $COMPANION_BENCH_POSTGRES_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
@@ -25,7 +26,7 @@ from typing import Any
 from bench import inbound, outbound
 from bench._support import load_average, machine
 
-ALL = ("inbound", "outbound", "sweep", "digest", "kill")
+ALL = ("inbound", "outbound", "sweep", "digest", "kill", "safety")
 
 
 def _run_module(module: str, *args: str) -> list[str]:
@@ -93,6 +94,12 @@ def main() -> None:
             backend, _, result = line.removeprefix("kill ").partition(" ")
             row = f"| kill -9 mid-dispatch | {backend} | {nudges} nudges | {result.strip()} | {load_average()} |"
             table.append(row)
+    if "safety" in which:
+        for line in _run_module("bench.safety_screen", "--messages", "200" if args.quick else "1000"):
+            if line.startswith("mix"):
+                continue
+            name, figures = line.split(": ", 1)
+            table.append(f"| risk screen: {name} | - | per message | {figures} | {load_average()} |")
     print()
     print(f"# {machine()}")
     print("| benchmark | database | size | result | load average |")
