@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 import prompts
 from bot.config import PROVIDER_KEYS, Settings
@@ -15,7 +19,7 @@ from channels.whatsapp import WhatsAppChannel
 from dialogs.clock import Clock, OffsetClock, SystemClock
 from dialogs.engine import Engine
 from dialogs.llm import LanguageModel
-from storage import Database, crypto
+from storage import Database, crypto, keycheck
 from storage.memory import Embedder, Memory
 
 log = logging.getLogger("companion")
@@ -39,11 +43,11 @@ class Companion:
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
     """Wire the parts; ``upgrade`` brings the schema to the latest migration first."""
     # The try-it demo may skip ahead in time (its own process only); production keeps the system clock as it is.
+    refuse_blank_secrets(settings)
     clock = clock or (OffsetClock(SystemClock()) if settings.demo_enabled else SystemClock())
-    crypto.use(data_keys(settings))
     db = Database(settings.url)
-    if upgrade:
-        db.upgrade()
+    crypto.use(data_keys(settings, db))
+    check_data_key(settings, db, upgrade=upgrade, now=clock.now())
     llm = language_model(settings)
     engine = Engine(
         prompts=prompts.load(settings.dialog.locale),
@@ -61,6 +65,23 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         slack=_slack(settings, db, engine),
         whatsapp=_whatsapp(settings, db, engine),
     )
+
+
+def refuse_blank_secrets(settings: Settings) -> None:
+    """Fail closed on a secret that is set but empty or only whitespace, naming its variable.
+
+    An empty value is not a secret: Twilio's validator accepts signatures made
+    with an empty key, slack-sdk raises a bare ValueError on an empty signing
+    secret, and an empty DATABASE_URL would quietly fall back to SQLite. It is
+    almost always a deployment mistake (``KEY=`` in an env file), so it stops
+    every command instead of being read as "not configured".
+    """
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value if name == "database_url" else None
+        if secret is not None and not secret.strip():
+            variable = field.validation_alias if isinstance(field.validation_alias, str) else name.upper()
+            raise WiringError(f"{variable} is empty: set it to its value, or unset it")
 
 
 def language_model(settings: Settings) -> LanguageModel | None:
@@ -183,13 +204,21 @@ def _whatsapp(settings: Settings, db: Database, engine: Engine) -> WhatsAppChann
     )
 
 
-def data_keys(settings: Settings) -> list[bytes]:
+def _key_source(settings: Settings) -> str:
+    if settings.data_key is not None:
+        return "COMPANION_DATA_KEY"
+    return str(crypto.key_file_for(settings.sqlite_path or Path()))
+
+
+def data_keys(settings: Settings, db: Database | None = None) -> list[bytes]:
     """The Fernet keys that protect client text at rest (newest first).
 
     From COMPANION_DATA_KEY; or, for the embedded SQLite default only, from a
-    key file beside the database, created once (mode 0600) — it must be
-    backed up with the database, and losing it loses the data. Any other
-    database refuses to start without COMPANION_DATA_KEY.
+    key file beside the database. The key file is created (mode 0600) only
+    for a database that holds no encrypted data yet: a missing key file
+    beside a populated database is a lost or misplaced key, and a new key
+    would write rows the old one cannot read, so that refuses to start. Any
+    other database refuses to start without COMPANION_DATA_KEY.
     """
     try:
         if settings.data_key is not None:
@@ -198,12 +227,57 @@ def data_keys(settings: Settings) -> list[bytes]:
         if path is None:
             raise WiringError("COMPANION_DATA_KEY is required with DATABASE_URL (client text is encrypted at rest)")
         key_file = crypto.key_file_for(path)
+        if not key_file.exists() and path.exists() and _holds_encrypted_data(settings, db):
+            raise WiringError(
+                f"the data key file {key_file} is missing, but {path} holds encrypted data: restore the key "
+                "file from your backup (or set COMPANION_DATA_KEY to the key). No new key was made: rows written "
+                "under a new key could not be read together with the old ones."
+            )
         keys, created = crypto.load_or_create_key_file(key_file)
     except crypto.KeyError_ as exc:
         raise WiringError(str(exc)) from exc
     if created:
-        log.warning("created the data key %s: back it up with the database; without it the data is lost", key_file)
+        log.warning(
+            "created a new data key %s for %s, which holds no encrypted data yet: back it up with the database "
+            "(not in the same place); without it the data is lost",
+            key_file,
+            path,
+        )
     return keys
+
+
+def _holds_encrypted_data(settings: Settings, db: Database | None) -> bool:
+    if db is not None:
+        return keycheck.holds_encrypted_data(db.engine)
+    probe = Database(settings.url)
+    try:
+        return keycheck.holds_encrypted_data(probe.engine)
+    finally:
+        probe.dispose()
+
+
+def check_data_key(settings: Settings, db: Database, *, upgrade: bool, now: datetime) -> None:
+    """Refuse a key that cannot read this database, before anything is written with it; then record the check.
+
+    The check runs before the migrations (which may encrypt existing values)
+    and before any turn; a database that has none yet gets one (a known
+    value encrypted with the key), so the next start can tell a wrong key
+    from a right one even on PostgreSQL, where the key only comes from the
+    environment.
+    """
+    try:
+        checked = keycheck.verify(db.engine)
+    except keycheck.KeyMismatch as exc:
+        source = _key_source(settings)
+        raise WiringError(
+            f"the data key ({source}) cannot decrypt the data in this database: it is not the key the data was "
+            f"written with. Restore the right key ({source}); the service did not start, so nothing was written "
+            "under the wrong one."
+        ) from exc
+    if upgrade:
+        db.upgrade()
+    if keycheck.record(db.engine, now=now) and checked:
+        log.info("recorded a data-key check in the database (the key in use reads its data)")
 
 
 def _slack(settings: Settings, db: Database, engine: Engine) -> SlackChannel | None:
