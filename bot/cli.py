@@ -285,7 +285,6 @@ def therapist_link(
     from datetime import timedelta
 
     from dialogs.onboarding import new_code
-    from storage import Invite
 
     companion = _companion(config, quiet=True)
     with companion.db.unit_of_work() as session:
@@ -295,7 +294,8 @@ def therapist_link(
             raise typer.Exit(1)
         now = companion.clock.now()
         code = new_code()
-        session.add(Invite(code=code, therapist_id=therapist.id, created_at=now, expires_at=now + timedelta(days=1)))
+        assert therapist.id is not None
+        q.create_link_code(session, therapist_id=therapist.id, code=code, now=now, ttl=timedelta(days=1))
     if slack:
         typer.echo(f"In Slack, {therapist.name} sends:\n\n/companion link {code}\n")
     else:

@@ -126,8 +126,9 @@ def cmd_invite(turn: Turn, rest: str) -> None:
     for _attempt in range(5):  # a collision among 31^8 codes is rare; retry in a savepoint
         try:
             with turn.session.begin_nested():
+                code = new_code()  # shown once, here; only its keyed hash is stored
                 invite = q.create_invite(
-                    turn.session, client_id=client.id, code=new_code(), now=turn.now, ttl=turn.settings.invite_ttl
+                    turn.session, client_id=client.id, code=code, now=turn.now, ttl=turn.settings.invite_ttl
                 )
             break
         except IntegrityError:
@@ -137,9 +138,9 @@ def cmd_invite(turn: Turn, rest: str) -> None:
     turn.say(
         "therapist.invite.created",
         client=client.name,
-        code=invite.code,
+        code=code,
         expires=_when(turn, invite.expires_at),
-        links=join_links(turn.settings.join_links, invite.code, turn.t),
+        links=join_links(turn.settings.join_links, code, turn.t),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, func, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from storage import crypto
 from storage.models import (
     Client,
     ConversationState,
@@ -238,17 +239,26 @@ def create_client(session: Session, *, therapist_id: int, name: str, now: dateti
 
 
 def create_invite(session: Session, *, client_id: int, code: str, now: datetime, ttl: timedelta) -> Invite:
-    invite = Invite(code=code, client_id=client_id, created_at=now, expires_at=now + ttl)
+    invite = Invite(code_hash=crypto.code_hash(code), client_id=client_id, created_at=now, expires_at=now + ttl)
     session.add(invite)
     session.flush()
     return invite
 
 
 def usable_invite(session: Session, *, code: str, now: datetime) -> Invite | None:
-    """The unused, unexpired invite with this code (codes are stored upper-case)."""
+    """The unused, unexpired invite with this code, found by its keyed hash (the code itself is not stored)."""
+    hashes = crypto.code_hashes(code)
     return session.exec(
-        select(Invite).where(Invite.code == code.upper(), col(Invite.used_at).is_(None), Invite.expires_at > now)
+        select(Invite).where(col(Invite.code_hash).in_(hashes), col(Invite.used_at).is_(None), Invite.expires_at > now)
     ).first()
+
+
+def create_link_code(session: Session, *, therapist_id: int, code: str, now: datetime, ttl: timedelta) -> Invite:
+    """A therapist's one-time code that links a chat account to them (stored as its keyed hash)."""
+    invite = Invite(code_hash=crypto.code_hash(code), therapist_id=therapist_id, created_at=now, expires_at=now + ttl)
+    session.add(invite)
+    session.flush()
+    return invite
 
 
 def join_failures_since(
