@@ -36,7 +36,7 @@ from sqlmodel import Session, col, select
 
 from dialogs import access
 from dialogs.homework import SPECIFICITY
-from dialogs.messages import Outbound, about_client, enqueue
+from dialogs.messages import Outbound, about_client, enqueue, mentioning
 from dialogs.nudges import SweepCounts, next_weekly
 from dialogs.turn import DialogSettings
 from prompts import Prompts, fold
@@ -204,6 +204,7 @@ class CaseloadRow:
     quality: float | None
     last_contact: datetime | None
     attention: tuple[str, ...]
+    client_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,10 @@ class Caseload:
     timezone: str
     now: datetime
     rows: tuple[CaseloadRow, ...]
+
+    def mentions(self) -> dict[str, Any]:
+        """The ``ref`` of a message showing this caseload: every client it names, so an erasure finds it."""
+        return mentioning(r.client_id for r in self.rows if r.client_id is not None)
 
 
 # --- building ---------------------------------------------------------------------------
@@ -533,6 +538,7 @@ def build_weekly(
                 quality=this_week.quality if this_week else None,
                 last_contact=client.last_contact_at,
                 attention=attention,
+                client_id=client.id,
             )
         )
     rows.sort(
@@ -681,7 +687,10 @@ def send_due_digests(
             version = prompts.version
             messages = [
                 Outbound(
-                    render_caseload_text(caseload, prompts), prompt_key="digest.caseload_header", prompt_version=version
+                    render_caseload_text(caseload, prompts),
+                    ref=caseload.mentions(),
+                    prompt_key="digest.caseload_header",
+                    prompt_version=version,
                 )
             ]
             messages += [

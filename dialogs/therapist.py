@@ -19,6 +19,7 @@ from dialogs.homework import (
     normalise_field,
     set_homework,
 )
+from dialogs.messages import mentioning
 from dialogs.nudges import cancel_planned, next_weekly
 from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
@@ -170,7 +171,7 @@ def cmd_clients(turn: Turn, _rest: str) -> None:
                 last_contact=_when(turn, client.last_contact_at),
             )
         )
-    turn.say_text("\n".join(lines))
+    turn.say_text("\n".join(lines), ref=mentioning(c.id for c in clients if c.id is not None))
 
 
 def cmd_homeworks(turn: Turn, rest: str) -> None:
@@ -253,7 +254,7 @@ def cmd_digest(turn: Turn, rest: str) -> None:
     if not rest.strip():
         caseload = build_caseload(turn.session, prompts=turn.prompts, therapist=turn.therapist, now=turn.now)
         turn.audit("caseload.digest.read")
-        turn.say_text(render_caseload_text(caseload, turn.prompts))
+        turn.say_text(render_caseload_text(caseload, turn.prompts), ref=caseload.mentions())
         return
     found = _require_client(turn, rest, "therapist.digest_usage")
     if found is None:
