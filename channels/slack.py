@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.base import Rejected, RetryLater, Transient, Unreachable, render_plain
-from channels.slack_blocks import alert_blocks, digest_messages
+from channels.slack_blocks import alert_blocks, digest_messages, plain_text
 from dialogs import access
 from dialogs.digest import build_client_digest
 from dialogs.engine import Engine
@@ -23,6 +23,8 @@ from dialogs.messages import Inbound, Outbound
 from storage import Client, Database, Therapist
 from storage import queries as q
 
+# Slack truncates a message's text at 40,000 characters; stay under it with room for the entities.
+TEXT_LIMIT: Final = 39000
 log = logging.getLogger("companion.slack")
 
 NAME: Final = "slack"
@@ -225,10 +227,12 @@ class SlackChannel:
             elif message.kind == "alert" and message.options:
                 option = message.options[0]
                 await self.client.chat_postMessage(
-                    channel=address, text=message.text, blocks=alert_blocks(message.text, option.value, option.label)
+                    channel=address,
+                    text=plain_text(message.text, TEXT_LIMIT),
+                    blocks=alert_blocks(message.text, option.value, option.label),
                 )
             else:
-                await self.client.chat_postMessage(channel=address, text=render_plain(message)[:39000])
+                await self.client.chat_postMessage(channel=address, text=plain_text(render_plain(message), TEXT_LIMIT))
         except SlackApiError as exc:
             raise _delivery_error(exc) from exc
         except (TimeoutError, OSError) as exc:
@@ -241,10 +245,10 @@ class SlackChannel:
             self._digest_model, int(message.ref["client_id"]), int(message.ref["therapist_id"])
         )
         if model is None:  # the client is gone: the text the outbox holds is still true
-            await self.client.chat_postMessage(channel=address, text=message.text[:39000])
+            await self.client.chat_postMessage(channel=address, text=plain_text(message.text, TEXT_LIMIT))
             return
         for blocks in digest_messages(model, self.engine.prompts):
-            await self.client.chat_postMessage(channel=address, text=message.text[:3000], blocks=blocks)
+            await self.client.chat_postMessage(channel=address, text=plain_text(message.text, 3000), blocks=blocks)
         if any(p.debriefs for p in model.trend):
             # The digest is delivered; the chart is a bonus. A failed upload is
             # logged, not retried, so the digest itself is never posted twice.
