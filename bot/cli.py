@@ -17,7 +17,7 @@ from bot import cli_privacy, logs
 from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
-from dialogs.timeparse import resolve_timezone
+from dialogs.timeparse import timezone_choices
 from storage import Therapist
 from storage import queries as q
 
@@ -253,10 +253,15 @@ def therapist_add(
     config: ConfigOption = None,
 ) -> None:
     """Create a therapist; they chat with `companion chat --as therapist:NAME`."""
-    zone = resolve_timezone(timezone)
-    if zone is None:
+    choices = timezone_choices(timezone)
+    if len(choices) > 1:
+        readings = "; ".join(f"{c.zone} ({c.place})" for c in choices)
+        typer.echo(f"error: {timezone!r} could be more than one time zone: {readings}. Give the zone.", err=True)
+        raise typer.Exit(2)
+    if not choices:
         typer.echo(f"error: unknown time zone {timezone!r}; try a city or a name like Europe/London", err=True)
         raise typer.Exit(2)
+    zone = choices[0].zone
     clean = " ".join(name.split())
     if not clean or ":" in clean or len(clean) > 80:
         typer.echo("error: a therapist name must be 1–80 characters without ':'", err=True)

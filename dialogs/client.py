@@ -6,11 +6,11 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from dialogs import client_data, llm_steps, nudges
+from dialogs import client_data, llm_steps, nudges, onboarding
 from dialogs.digest import judged
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
-from dialogs.timeparse import format_local, parse_clock_time, resolve_timezone
+from dialogs.timeparse import format_local, parse_clock_time
 from dialogs.turn import Turn, split_command
 from prompts import Extra
 from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework, LogEntry, Occasion, Therapist
@@ -426,15 +426,17 @@ def snooze_step(turn: Turn, text: str | None = None) -> None:
 
 
 def cmd_timezone(turn: Turn, rest: str) -> None:
-    zone = resolve_timezone(rest) if rest else None
     client = turn.client
-    if zone is None or client is None:
+    if not rest or client is None:
         turn.say("nudge.timezone_usage")
+        return
+    zone = onboarding.zone_reply(turn, rest, command="/timezone ")
+    if zone is None:
         return
     client.timezone = zone
     turn.session.add(client)
     nudges.replan_zone(turn.session, client=client, settings=turn.settings)
-    turn.say("nudge.timezone_set", timezone=zone)
+    turn.say("nudge.timezone_set", timezone=zone, local_now=onboarding.local_now(turn, zone))
 
 
 def cmd_quiet(turn: Turn, rest: str) -> None:
