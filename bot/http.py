@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,10 +14,11 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from bot.limits import BodyLimit
-from bot.wiring import Companion
+from bot.wiring import TELEGRAM_USERNAME, Companion, use_join_links
 from channels.base import AsyncOutputChannel
 from channels.sender import OutboxSender, RateLimiter
 from channels.telegram import ALLOWED_UPDATES, MalformedUpdate, secret_matches
+from storage import queries as q
 
 log = logging.getLogger("companion")
 TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -63,6 +63,11 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             limiter=RateLimiter(limits.messages_per_second, limits.per_chat_per_second),
         )
 
+    def remember_username(username: str) -> None:
+        """The bot's username, for the t.me join link of invites made in other processes (bot.wiring)."""
+        with companion.db.unit_of_work() as session:
+            q.set_instance_value(session, name=TELEGRAM_USERNAME, value=username, now=companion.clock.now())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -71,8 +76,8 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
         telegram = companion.telegram
         if telegram is not None:
             await telegram.start()
-            link = f"https://t.me/{telegram.username}?start={{code}}"
-            companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=(link,))
+            await run_in_threadpool(remember_username, telegram.username)
+            use_join_links(companion, telegram_username=telegram.username)
             if settings.telegram.webhook_url:
                 assert settings.telegram_webhook_secret is not None
                 await telegram.bot.set_webhook(
@@ -106,9 +111,6 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 log.info("slack: Socket Mode")
         if companion.whatsapp is not None:
             app.state.senders["whatsapp"] = sender(companion.whatsapp, settings.whatsapp)
-            number = companion.whatsapp.from_number.lstrip("+")
-            links = (*companion.engine.settings.join_links, f"https://wa.me/{number}?text=join%20{{code}}")
-            companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=links)
         if background:
             tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
         scheduler = None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import SecretStr
 
@@ -21,6 +22,7 @@ from dialogs.clock import Clock, OffsetClock, SystemClock
 from dialogs.engine import Engine
 from dialogs.llm import LanguageModel
 from storage import Database, crypto, keycheck
+from storage import queries as q
 from storage.memory import Embedder, Memory
 
 log = logging.getLogger("companion")
@@ -58,7 +60,7 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         llm=llm,
         memory=memory_store(settings) if llm is not None else None,
     )
-    return Companion(
+    companion = Companion(
         settings=settings,
         db=db,
         engine=engine,
@@ -67,6 +69,28 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         slack=_slack(settings, db, engine),
         whatsapp=_whatsapp(settings, db, engine),
     )
+    with db.unit_of_work() as session:
+        username = q.instance_value(session, name=TELEGRAM_USERNAME) if companion.telegram is not None else None
+    use_join_links(companion, telegram_username=username)
+    return companion
+
+
+TELEGRAM_USERNAME: Final = "telegram_username"
+
+
+def use_join_links(companion: Companion, *, telegram_username: str | None) -> None:
+    """Give the engine the tap-to-join links of the configured platforms, for every invite wherever it is made.
+
+    WhatsApp's comes from ``whatsapp.from_number``. Telegram's needs the bot's
+    username, which only getMe tells: `companion run` records it at start
+    (bot.http), so a console or CLI process started later shows it too.
+    """
+    links = []
+    if companion.telegram is not None and telegram_username:
+        links.append(f"https://t.me/{telegram_username}?start={{code}}")
+    if companion.whatsapp is not None:
+        links.append(f"https://wa.me/{companion.whatsapp.from_number.lstrip('+')}?text=join%20{{code}}")
+    companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=tuple(links))
 
 
 def refuse_blank_secrets(settings: Settings) -> None:

@@ -182,6 +182,7 @@ class ClientDigest:
     trend: tuple[WeekPoint, ...]
     agenda: tuple[AgendaItem, ...]
     undeliverable: int = 0  # messages that could not be sent outside WhatsApp's 24-hour window
+    undeliverable_reminders: int = 0  # of those, reminders and follow-ups (the ones a template can carry)
     # LLM mode only: a short narrative written by the model on top of (never instead of) the data.
     narrative: str | None = None
     narrative_at: datetime | None = None
@@ -400,9 +401,18 @@ def build_client_digest(
     )
     logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
     trend = _week_points([v for _, v in views if v.kind == DebriefKind.DEBRIEF], now)
-    undeliverable = q.undeliverable_since(session, client_id=client.id or 0, since=start, reason="outside_window")
+    undeliverable, undeliverable_reminders = q.undeliverable_since(
+        session, client_id=client.id or 0, since=start, reason="outside_window"
+    )
     digest = ClientDigest(
-        **base, homeworks=homeworks, flags=flags, logs=logs, trend=trend, agenda=(), undeliverable=undeliverable
+        **base,
+        homeworks=homeworks,
+        flags=flags,
+        logs=logs,
+        trend=trend,
+        agenda=(),
+        undeliverable=undeliverable,
+        undeliverable_reminders=undeliverable_reminders,
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
 
@@ -505,7 +515,8 @@ def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
     if digest.unreachable_since is not None:
         items.append(AgendaItem("unreachable", {}))
     if digest.undeliverable:
-        items.append(AgendaItem("outside_window", {"count": digest.undeliverable}))
+        counts = {"count": digest.undeliverable, "reminders": digest.undeliverable_reminders}
+        items.append(AgendaItem("outside_window", counts))
     items.append(AgendaItem("next", {}))
     return tuple(items)
 
