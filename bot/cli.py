@@ -123,7 +123,11 @@ def run(
 
 @app.command()
 def tick(config: ConfigOption = None) -> None:
-    """Run one sweep of due work now and exit (for deployments that prefer cron to `run`'s scheduler)."""
+    """Run one sweep of due work now and exit (for deployments that prefer cron to `run`'s scheduler).
+
+    It queues what is due in the outbox and purges what retention says; it
+    sends nothing itself: `companion run`'s senders deliver the outbox.
+    """
     from scheduler.sweep import purge, sweep
 
     companion = _companion(config)
@@ -131,8 +135,9 @@ def tick(config: ConfigOption = None) -> None:
     purge(db=companion.db, engine=companion.engine, policy=companion.settings.retention_policy())
     n = report.nudges
     typer.echo(
-        f"Sweep done: {n.sent} nudge(s) sent, {n.followed_up} follow-up(s), {n.digests} digest(s), "
-        f"{n.missed} missed, {n.skipped} skipped, {report.alerts_escalated} alert(s) re-sent."
+        f"Sweep done: {n.sent} nudge(s) queued, {n.followed_up} follow-up(s), {n.digests} digest(s), "
+        f"{n.missed} missed, {n.skipped} skipped, {report.alerts_escalated} alert(s) queued again. "
+        "They are in the outbox: `companion run` delivers them."
     )
 
 

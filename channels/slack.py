@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from slack_bolt import BoltResponse
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -22,6 +23,26 @@ from dialogs.llm_steps import with_narrative
 from dialogs.messages import Inbound, Outbound
 from storage import Client, Database, Therapist
 from storage import queries as q
+
+
+class _NotTheTokenWarning(logging.Filter):
+    """Drops bolt's "As you gave `client` as well, `token` will be unused" and nothing else.
+
+    Bolt reads SLACK_BOT_TOKEN from the environment itself when given no token,
+    and then warns on every start that the client we pass wins, which is the
+    point: the client carries the token and our API base URL.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, _NotTheTokenWarning) for f in logger.filters):
+        logger.addFilter(_NotTheTokenWarning())
+    return logger
+
 
 # Slack truncates a message's text at 40,000 characters; stay under it with room for the entities.
 TEXT_LIMIT: Final = 39000
@@ -50,8 +71,11 @@ class SlackChannel:
     name: Final = NAME
 
     def __init__(self, *, client: AsyncWebClient, signing_secret: str, db: Database, engine: Engine) -> None:
+        """``client`` carries the bot token (and the API base URL): bolt gets no token of its own."""
         self.client, self.db, self.engine = client, db, engine
-        self.app = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=True)
+        self.app = AsyncApp(
+            client=client, signing_secret=signing_secret, process_before_response=True, logger=_bolt_logger()
+        )
         self.app.middleware(self._well_formed)
         self.app.command("/companion")(self._companion)
         self.app.command("/homework")(self._homework)

@@ -232,6 +232,24 @@ def test_client_text_cannot_inject_mrkdwn_into_any_message_to_slack(
         assert "&lt;!channel&gt;" in text and "&amp;" in text
 
 
+def test_starting_with_the_token_in_the_environment_logs_no_bolt_warning(
+    sqlite_url: str,
+    clock: FrozenClock,
+    tmp_path: Path,
+    fake: FakeSlackAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every start logged bolt's "As you gave client as well, token will be unused": it looked misconfigured."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)  # as `companion run` has it
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
+    with caplog.at_level("DEBUG"):
+        companion = make_companion(sqlite_url, clock, tmp_path, slack={"api_base_url": fake.base_url})
+    assert companion.slack is not None
+    assert "will be unused" not in caplog.text
+    companion.db.dispose()
+
+
 @pytest.mark.parametrize("how", ["unsigned", "forged", "stale"])
 def test_unverified_requests_are_401_and_touch_nothing(service: Companion, fake: FakeSlackAPI, how: str) -> None:
     add_therapist(service)
