@@ -236,6 +236,8 @@ class SafetySettings(_Section):
 
     crisis_resources: dict[str, list[str]] = Field(default_factory=dict)
     alert_ack_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # The direct safety question (grey zone): unanswered this long, the therapist gets an urgent alert.
+    question_minutes: int = Field(default=10, ge=1, le=24 * 60)
     fallback_contact: str | None = Field(default=None, description="CHANNEL:ADDRESS of a practice contact")
 
     @field_validator("crisis_resources")
@@ -381,6 +383,7 @@ class Settings(BaseSettings):
             default_nudge_time=self.dialog.default_nudge_time,
             crisis_resources={k: tuple(v) for k, v in self.safety.crisis_resources.items()},
             alert_ack_timeout=timedelta(minutes=self.safety.alert_ack_minutes),
+            question_timeout=timedelta(minutes=self.safety.question_minutes),
             fallback_contact=_channel_address(self.safety.fallback_contact),
             quiet_start=self.nudges.quiet_start,
             quiet_end=self.nudges.quiet_end,

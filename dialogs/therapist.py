@@ -336,7 +336,7 @@ def cmd_ack(turn: Turn, rest: str) -> None:
         turn.say("therapist.usage", usage=turn.t("safety.ack_usage"))
         return
     flag = access.own_flag(turn.session, therapist_id=_therapist_id(turn), flag_id=number)
-    if flag is None or flag.level != FlagLevel.CRISIS:
+    if flag is None or (flag.level != FlagLevel.CRISIS and flag.question_status != "unanswered"):
         turn.say("safety.ack_unknown", id=number)
         return
     client = turn.session.get(Client, flag.client_id)

@@ -43,6 +43,7 @@ class DialogSettings:
     # ISO country code (or "default") → crisis resource lines; see bot.config.SafetySettings.
     crisis_resources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     alert_ack_timeout: timedelta = timedelta(minutes=15)
+    question_timeout: timedelta = timedelta(minutes=10)  # the direct safety question (dialogs.checkin)
     fallback_contact: tuple[str, str] | None = None  # (channel, address)
     # Nudges (see dialogs.nudges).
     quiet_start: str = "21:30"
@@ -109,6 +110,8 @@ class Turn:
     llm_calls: int = 0
     # The client a therapist's command is about: its replies carry it, so an erasure finds them.
     about: int | None = None
+    # The screen flagged this message as a concern and said so: no further "what do you mean?".
+    risk_noted: bool = False
     # Clients erased in this turn: the engine deletes their vectors from the memory store too.
     forgotten: list[int] = field(default_factory=list)
 

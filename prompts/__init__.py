@@ -56,6 +56,8 @@ class Prompts:
         self._vocab = {k: frozenset(fold(w) for w in v) for k, v in data.get("vocab", {}).items()}
         # Words that make "what happened" concrete (when, where, how much): the digest's rubric.
         self.rubric_cues: frozenset[str] = frozenset(fold(w) for w in data.get("rubric_cues", ()))
+        # Medication words: a question outside the remit that names one gets the prescriber advice.
+        self.medication: re.Pattern[str] = re.compile(str(data.get("medication_words", r"(?!x)x")))
         # Compiled once: the scope check runs on every client message.
         self.scope_patterns: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             (reason, re.compile(pattern, re.IGNORECASE))

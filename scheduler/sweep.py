@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from dialogs import retention
 from dialogs.digest import send_due_digests
 from dialogs.engine import Engine
-from dialogs.guard import escalate_due_alerts
+from dialogs.guard import alert_unanswered_questions, escalate_due_alerts
 from dialogs.nudges import SweepCounts, extend_plans, follow_up, send_due_nudges
 from dialogs.retention import RetentionPolicy
 from storage import Database
@@ -32,6 +32,8 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
     """
     now = engine.clock.now()
     settings, prompts = engine.settings, engine.prompts
+    with db.unit_of_work() as session:
+        alert_unanswered_questions(session, prompts=prompts, settings=settings, now=now)
     with db.unit_of_work() as session:
         escalated = escalate_due_alerts(session, prompts=prompts, settings=settings, now=now)
     counts = SweepCounts()

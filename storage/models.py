@@ -260,6 +260,15 @@ class SafetyFlag(SQLModel, table=True):
     acknowledged_at: datetime | None = _ts()
     acknowledged_by: int | None = Field(default=None, foreign_key="therapist.id")
     ack_note: str | None = Field(default=None, sa_type=EncryptedText)
+    # Which layer of the screen fired and its score ([{"layer", "level", "score", "reason"}]), never
+    # message text; encrypted, because "which risk" is itself health data.
+    signals: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(EncryptedJSON, nullable=True))
+    # The direct safety question asked in the screen's grey zone (dialogs.checkin): when it was asked,
+    # when an unanswered one alerts the therapist (NULL once answered or alerted), and the outcome:
+    # "asked" | "yes" | "no" | "crisis" (a crisis typed instead of an answer) | "unanswered".
+    question_asked_at: datetime | None = _ts()
+    question_due_at: datetime | None = _ts(index=True)
+    question_status: str | None = None
 
 
 class LogEntry(SQLModel, table=True):

@@ -160,7 +160,7 @@ def test_a_client_command_mid_flow_leaves_the_flow(sqlite_companion: Companion, 
     sam.send("done")
     sam.send("Queued")
     assert "current homework" in sam.send("/homework")
-    assert "not sure what you mean" in sam.send("nothing much")
+    assert "didn't catch that" in sam.send("hmm")
     with sqlite_companion.db.unit_of_work() as session:
         assert (
             session.exec(select(ConversationState).where(ConversationState.address == "client:sam")).one().flow
@@ -192,9 +192,9 @@ def test_a_linked_client_sending_start_again(sam: Chat) -> None:
         ("   \n\t ", "empty message"),
         ("\x00\x07\x1b", "empty message"),
         ("x" * 10_000, "4000 characters at most"),
-        ("🙂🙂🙂", "not sure what you mean"),
-        ("שלום, מה שלומך", "not sure what you mean"),
-        ("\u202eenod", "not sure what you mean"),
+        ("🙂🙂🙂", "didn't catch that"),
+        ("שלום, מה שלומך", "keep it as a note"),
+        ("\u202eenod", "didn't catch that"),
         ("/", "don't know the command"),
         ("/nonsense", "don't know the command"),
     ],
@@ -226,3 +226,19 @@ def test_a_redelivered_message_is_handled_once(sqlite_companion: Companion, sam:
 @given(text=st.text(max_size=300))
 def test_any_text_in_any_state_gets_a_reply_and_never_crashes(sam: Chat, text: str) -> None:
     assert sam.send(text).strip()
+
+
+def test_free_text_outside_a_flow_is_offered_as_a_note(sqlite_companion: Companion, sam: Chat) -> None:
+    reply = sam.send("had an awful day at work, my boss shouted at me again")
+    assert "keep it as a note for Dana" in reply and "/help" in reply and "(Yes · No)" in reply
+    assert "Noted" in sam.send("yes")
+    assert "keep it as a note" in sam.send("the bus was late again this morning")
+    assert "haven't kept it" in sam.send("no")
+    # An offer left unanswered holds nothing back: the next message is read as usual.
+    sam.send("I keep thinking about what he said")
+    assert "What happened" in sam.send("done")
+    with sqlite_companion.db.unit_of_work() as session:
+        notes = [e.text for e in session.exec(select(LogEntry))]
+        assert notes == ["had an awful day at work, my boss shouted at me again"]
+        state = session.exec(select(ConversationState).where(ConversationState.address == "client:sam")).one()
+        assert state.flow == "debrief"

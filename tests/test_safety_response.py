@@ -81,7 +81,7 @@ def test_the_client_can_keep_writing_and_every_message_is_screened(
     sqlite_companion: Companion, dana: Chat, sam: Chat
 ) -> None:
     sam.send(CRISIS)
-    assert "not sure what you mean" in sam.send("ok")
+    assert "You're welcome" in sam.send("ok")
     assert "Samaritans" in sam.send("i want to die")
     dana.open()
     assert [f.level for f in _flags(sqlite_companion)] == ["crisis", "crisis"]
@@ -192,7 +192,12 @@ def test_out_of_scope_questions_point_to_the_therapist_and_are_noted(
 ) -> None:
     sam.send("done")
     reply = sam.send(question)
-    assert "one for Dana" in reply and "can't advise on diagnoses, medication or treatment" in reply
+    if any(word in question for word in ("sertraline", "propranolol", "antidepressants")):
+        # Medication: never change it without the prescriber, and the question is kept for the therapist.
+        assert "speak to the doctor or nurse who prescribes it before you change anything" in reply
+        assert "noted the question for Dana" in reply
+    else:
+        assert "one for Dana" in reply and "can't advise on diagnoses, medication or treatment" in reply
     assert "What happened" not in reply
     assert FlagLevel.SCOPE in [f.level for f in _flags(sqlite_companion)]
     # The question was not taken as the answer: the debrief question is still open.

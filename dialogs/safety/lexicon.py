@@ -43,14 +43,37 @@ _BLANK: Final = " | "
 # Screening must fail safe: a bug or a missing lexicon must not silently read as "no risk",
 # and must not flood therapists with crises either.
 _FAILSAFE_REASON: Final = "screen could not run"
+# Modifiers that cap a crisis rule without settling it: a denial, a hypothetical, a joke, a resisted
+# urge or a passive wish may still hide active risk, so the screen asks directly (the grey zone).
+# Modifiers that explain the words away (sport, fiction, someone else, the past...) do not ask.
+_GREY_LABELS: Final = frozenset({"denied", "hypothetical", "possibly joking", "urge resisted", "passive"})
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What one layer of the screen said: fixed strings and a number, never message text."""
+
+    layer: str  # "lexicon" | "learned" | "llm" | "question"
+    level: Level
+    score: float | None
+    reason: str
 
 
 @dataclass(frozen=True)
 class RiskAssessment:
-    """The screen's verdict: a level and short, fixed, therapist-safe reasons (never message text)."""
+    """The screen's verdict: a level and short, fixed, therapist-safe reasons (never message text).
+
+    ``ask`` marks the grey zone: the dialog asks the direct safety question
+    (dialogs.checkin). ``signals`` say which layer fired, with its score;
+    ``scope`` is the learned layer's probability that this is a question
+    outside the companion's remit.
+    """
 
     level: Level
     reasons: tuple[str, ...] = ()
+    ask: bool = False
+    signals: tuple[Signal, ...] = ()
+    scope: float = 0.0
 
 
 _NO_RISK: Final = RiskAssessment("none", ())
@@ -732,7 +755,11 @@ def _screen(text: str, lex: _Lexicon) -> RiskAssessment:
     found: dict[str, int] = {}  # reason -> rank, insertion-ordered
     tags: list[set[str]] = [set() for _ in sentences]
 
-    def note(level: Level, reason: str, label: str | None) -> None:
+    grey: list[bool] = [False]  # a crisis rule capped by a modifier that leaves the risk open
+
+    def note(level: Level, reason: str, label: str | None, base: Level = "none") -> None:
+        if base == "crisis" and label in _GREY_LABELS and level != "crisis":
+            grey[0] = True
         if level == "none" or not reason:
             return
         key = f"{reason} ({label})" if label else reason
@@ -757,7 +784,7 @@ def _screen(text: str, lex: _Lexicon) -> RiskAssessment:
                         # Only an unqualified statement feeds combinations: "I'd never take
                         # pills" must not pair with "tonight" into a crisis.
                         tags[si].update(rule.tags)
-                    note(level, rule.reason, label)
+                    note(level, rule.reason, label, rule.level)
 
     everything = range(len(sentences))
     present = set().union(*tags)
@@ -792,13 +819,14 @@ def _screen(text: str, lex: _Lexicon) -> RiskAssessment:
                     best = capped
                 if capped[1] is None:  # an unqualified anchor: the full level stands
                     break
-            note(best[0], combo.reason, best[1])
+            note(best[0], combo.reason, best[1], combo.level)
 
     if not found:
         return _NO_RISK
     top = max(found.values())
     ordered = sorted(found, key=lambda r: -found[r])  # stable: crisis reasons first, then concern
-    return RiskAssessment(LEVELS[top], tuple(ordered))
+    signals = tuple(Signal("lexicon", LEVELS[found[r]], None, r) for r in ordered)
+    return RiskAssessment(LEVELS[top], tuple(ordered), ask=grey[0] and top < _RANK["crisis"], signals=signals)
 
 
 def assess(text: str, *, locale: str = DEFAULT_LOCALE) -> RiskAssessment:
@@ -838,7 +866,9 @@ def assess(text: str, *, locale: str = DEFAULT_LOCALE) -> RiskAssessment:
             return _NO_RISK
         return _screen(text, _lexicon(_normal_locale(locale)))
     except Exception:  # the screen runs before every dialog: it must never take one down
-        return RiskAssessment("concern", (_FAILSAFE_REASON,))
+        return RiskAssessment(
+            "concern", (_FAILSAFE_REASON,), ask=True, signals=(Signal("lexicon", "concern", None, _FAILSAFE_REASON),)
+        )
 
 
 def _warm() -> None:
