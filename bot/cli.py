@@ -17,6 +17,7 @@ from bot import cli_privacy, logs
 from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
+from dialogs import places
 from dialogs.timeparse import timezone_choices
 from storage import Therapist
 from storage import queries as q
@@ -164,6 +165,7 @@ def chat(
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
     channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)
+    places.warm()  # a client on the console may name their town; the index builds while they read
     interactive = sys.stdin.isatty()
     stop = threading.Event()
     if interactive:
@@ -353,6 +355,16 @@ def keys_rotate(
         )
         raise typer.Exit(2)
     companion = build(settings)
+    with companion.db.unit_of_work() as session:
+        from sqlmodel import col, func
+
+        from storage import Invite
+
+        unspent = session.exec(
+            select(func.count())
+            .select_from(Invite)
+            .where(col(Invite.used_at).is_(None), Invite.expires_at > companion.clock.now())
+        ).one()
     with Progress() as progress:
         task = progress.add_task("re-encrypting", total=None)
         done = crypto.rotate(
@@ -365,11 +377,20 @@ def keys_rotate(
         from dialogs import access
 
         access.audit(session, actor=access.OPERATOR, action="keys.rotate", now=companion.clock.now(), rows=done)
+    # Codes are stored as keyed hashes under the key they were issued with (storage.crypto.code_hashes).
+    codes = (
+        f" {unspent} unspent invite or link code(s) were issued under the old key and stop working once it is"
+        " gone: issue them again."
+        if unspent
+        else ""
+    )
     if key_file is not None:
         crypto.write_key_file(key_file, keys[:1])
-        typer.echo(f"Rotated {done} row(s); {key_file} now holds only the new key. Back it up with the database.")
+        typer.echo(
+            f"Rotated {done} row(s); {key_file} now holds only the new key. Back it up with the database.{codes}"
+        )
     else:
-        typer.echo(f"Rotated {done} row(s) to the first key; COMPANION_DATA_KEY can now be set to it alone.")
+        typer.echo(f"Rotated {done} row(s) to the first key; COMPANION_DATA_KEY can now be set to it alone.{codes}")
 
 
 @keys_app.command("new")

@@ -17,7 +17,6 @@ from bot.config import PROVIDER_KEYS, Settings
 from channels.slack import SlackChannel
 from channels.telegram import TelegramChannel
 from channels.whatsapp import WhatsAppChannel
-from dialogs import places
 from dialogs.clock import Clock, OffsetClock, SystemClock
 from dialogs.engine import Engine
 from dialogs.llm import LanguageModel
@@ -51,7 +50,6 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
     db = Database(settings.url)
     crypto.use(data_keys(settings, db))
     check_data_key(settings, db, upgrade=upgrade, now=clock.now())
-    places.warm()  # the town index for time zones, built off the first client's turn
     llm = language_model(settings)
     engine = Engine(
         prompts=prompts.load(settings.dialog.locale),

@@ -309,15 +309,17 @@ def test_a_secret_in_the_config_file_is_refused_in_any_casing(tmp_path: Path, na
 
 def test_rotation_round_trip_through_the_cli(tmp_path: Path, clock: FrozenClock) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("database:\n  path: c.db\n", encoding="utf-8")
+    config.write_text("database:\n  path: c.db\ninvites:\n  ttl_days: 90\n", encoding="utf-8")
     companion = build(load_settings(config), clock=clock)
     play_a_debrief(companion)
+    Chat(companion, "therapist", "Dana").send("/invite Kim")  # unspent: its hash is under the old key
     companion.db.dispose()
     key_file = tmp_path / "c.db.key"
     old_key = key_file.read_text().strip()
 
     result = CliRunner().invoke(cli, ["keys", "rotate", "--config", str(config), "--batch", "3"])
     assert result.exit_code == 0, result.output
+    assert "1 unspent invite or link code(s) were issued under the old key" in result.output
     new_key = key_file.read_text().strip()
     assert new_key != old_key and "," not in new_key and stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
