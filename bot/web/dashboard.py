@@ -148,16 +148,20 @@ def router(companion: Companion) -> APIRouter:
         return f"{parts.scheme}://{parts.netloc}".casefold()
 
     def same_origin(request: Request) -> bool:
-        """Whether a POST comes from our own pages: ``Sec-Fetch-Site`` and ``Origin``, when the browser sends them.
+        """Whether a POST comes from our own pages, by ``Sec-Fetch-Site``, else by ``Origin``.
 
         The sign-in form has no session yet, so no CSRF secret: without this, a
         page elsewhere could post its own link and sign the visitor in as its
-        issuer (login CSRF). A request with neither header is not a browser's
-        cross-site one (every current browser sends them), so it is let through.
+        issuer (login CSRF). Every current browser sends ``Sec-Fetch-Site``,
+        and it decides alone: our pages' ``Referrer-Policy: no-referrer`` makes
+        a browser send ``Origin: null`` even for our own form. Without it (an
+        older browser), ``Origin`` must be ours, and ``null`` is refused (fail
+        closed: such a browser cannot sign in). A request with neither header
+        is not a browser's cross-site one, so it is let through.
         """
         site = request.headers.get("sec-fetch-site")
-        if site is not None and site not in ("same-origin", "none"):
-            return False
+        if site is not None:
+            return site in ("same-origin", "none")
         origin = request.headers.get("origin")
         if origin is None:
             return True
