@@ -13,8 +13,8 @@ from slack_bolt.logger.messages import warning_client_prioritized_and_token_skip
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from channels.base import Rejected, RetryLater, Transient, Unreachable, render_plain
-from channels.slack_blocks import alert_blocks, digest_messages, plain_text
+from channels.base import Progress, Rejected, RetryLater, Transient, Unreachable, render_plain, send_parts
+from channels.slack_blocks import acknowledged_blocks, alert_blocks, digest_messages, plain_text
 from dialogs import access
 from dialogs.digest import build_client_digest
 from dialogs.engine import Engine
@@ -243,43 +243,70 @@ class SlackChannel:
 
     # --- outbound ---------------------------------------------------------------------
 
-    async def send(self, address: str, message: Outbound) -> str | None:
-        """Post to a user (their DM with the app) or a channel, natively: Block Kit digests, alert buttons."""
+    async def send(self, address: str, message: Outbound, progress: Progress | None = None) -> str | None:
+        """Post to a user (their DM with the app) or a channel, natively: Block Kit digests, alert buttons.
+
+        The platform id is ``CHANNEL:TS`` of the last message posted (what
+        chat.update needs: the DM's channel id, not the user's); a digest's
+        parts (its messages, then the chart) are reported to ``progress``. An
+        ``edit`` updates the message it names with chat.update and no buttons.
+        """
         try:
+            if message.kind == "edit":
+                return await self._edit(message)
             if message.ref and message.ref.get("type") == "digest":
-                await self._send_digest(address, message)
-            elif message.kind == "alert" and message.options:
+                return await self._send_digest(address, message, progress)
+            if message.kind == "alert" and message.options:
                 option = message.options[0]
-                await self.client.chat_postMessage(
-                    channel=address,
-                    text=plain_text(message.text, TEXT_LIMIT),
-                    blocks=alert_blocks(message.text, option.value, option.label),
+                return _ts(
+                    await self.client.chat_postMessage(
+                        channel=address,
+                        text=plain_text(message.text, TEXT_LIMIT),
+                        blocks=alert_blocks(message.text, option.value, option.label),
+                    )
                 )
-            else:
+            return _ts(
                 await self.client.chat_postMessage(channel=address, text=plain_text(render_plain(message), TEXT_LIMIT))
+            )
         except SlackApiError as exc:
             raise _delivery_error(exc) from exc
         except (TimeoutError, OSError) as exc:
             raise Transient(exc.__class__.__name__) from exc
-        return None
 
-    async def _send_digest(self, address: str, message: Outbound) -> None:
+    async def _edit(self, message: Outbound) -> str:
+        target = str((message.ref or {}).get("platform_id") or "")
+        channel, _, ts = target.partition(":")
+        if not channel or not ts:
+            raise Rejected("nothing to edit")
+        await self.client.chat_update(
+            channel=channel, ts=ts, text=plain_text(message.text, 3000), blocks=acknowledged_blocks(message.text)
+        )
+        return target
+
+    async def _send_digest(self, address: str, message: Outbound, progress: Progress | None) -> str | None:
         assert message.ref is not None
         model = await asyncio.to_thread(
             self._digest_model, int(message.ref["client_id"]), int(message.ref["therapist_id"])
         )
         if model is None:  # the client is gone: the text the outbox holds is still true
-            await self.client.chat_postMessage(channel=address, text=plain_text(message.text, TEXT_LIMIT))
-            return
-        for blocks in digest_messages(model, self.engine.prompts):
-            await self.client.chat_postMessage(channel=address, text=plain_text(message.text, 3000), blocks=blocks)
+            return _ts(await self.client.chat_postMessage(channel=address, text=plain_text(message.text, TEXT_LIMIT)))
+        parts: list[list[Any] | None] = list(digest_messages(model, self.engine.prompts))
         if any(p.debriefs for p in model.trend):
+            parts.append(None)  # the chart, after the messages
+
+        async def one(blocks: list[Any] | None) -> str | None:
+            if blocks is not None:
+                text = plain_text(message.text, 3000)
+                return _ts(await self.client.chat_postMessage(channel=address, text=text, blocks=blocks))
             # The digest is delivered; the chart is a bonus. A failed upload is
             # logged, not retried, so the digest itself is never posted twice.
             try:
                 await self._upload_chart(address, model)
             except (SlackApiError, OSError) as exc:
                 log.warning("slack: the adherence chart could not be attached (%s)", exc.__class__.__name__)
+            return None
+
+        return await send_parts(parts, one, progress)
 
     async def _upload_chart(self, address: str, model: Any) -> None:
         from dialogs.digest_chart import adherence_png
@@ -360,6 +387,12 @@ def well_formed(body: Any) -> bool:
             for block in values.values()
         )
     )
+
+
+def _ts(response: Any) -> str | None:
+    """``CHANNEL:TS`` of a posted message, from chat.postMessage's answer."""
+    channel, ts = response.get("channel"), response.get("ts")
+    return f"{channel}:{ts}" if isinstance(channel, str) and isinstance(ts, str) else None
 
 
 def _delivery_error(exc: SlackApiError) -> Exception:

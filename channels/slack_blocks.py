@@ -451,3 +451,11 @@ def alert_blocks(text: str, ack_value: str, ack_label: str) -> list[Block]:
         "style": "primary",
     }
     return [*sections, {"type": "actions", "elements": [button]}]
+
+
+def acknowledged_blocks(text: str) -> list[Block]:
+    """An alert after Acknowledge: the text that says who acknowledged and when, and no button left to press."""
+    body = escape(text)
+    if _size(body) > MESSAGE_CHARS:
+        body = body[: _cut(body, MESSAGE_CHARS - 1)].rstrip() + "…"
+    return _sections(body.split("\n"))[:MAX_BLOCKS]

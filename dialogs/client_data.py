@@ -6,7 +6,8 @@ list against the schema: a new table with a ``client_id`` must be added here.
 
 What an erasure removes: the client's row, their chats (identities), invites,
 homework and its planned nudges, debriefs, log entries, safety flags,
-therapist notes, LLM usage rows, the dialog state and wrong-code records of
+therapist notes, LLM usage rows, LLM mode's pending model jobs (their scripted
+replies unsent), the dialog state and wrong-code records of
 their chats, every outbox message to their chats (sent or pending), and every
 outbox message to anyone else that names them (alerts, notices, digests, and
 lists such as ``/clients`` replies and caseloads; see
@@ -42,6 +43,7 @@ from storage import (
     Identity,
     Invite,
     JoinFailure,
+    LlmJob,
     LlmUsage,
     LogEntry,
     Occasion,
@@ -60,6 +62,7 @@ CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
     SafetyFlag,
     TherapistNote,
     LlmUsage,
+    LlmJob,
     Invite,
     Identity,
 )
@@ -134,7 +137,7 @@ def export(session: Session, *, prompts: Prompts, client: Client, now: datetime,
         "client": _dump(client, internal=internal),
     }
     for table in CLIENT_TABLES:
-        if for_client and table in (TherapistNote, LlmUsage, Invite):
+        if for_client and table in (TherapistNote, LlmUsage, LlmJob, Invite):
             continue
         document[_name(table)] = [_dump(row, internal=internal) for row in _rows(session, table, client.id)]
     chats = _chats(session, client.id)

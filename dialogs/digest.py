@@ -56,7 +56,7 @@ from storage import (
 )
 from storage import queries as q
 from storage.crypto import EncryptedJSON, EncryptedText
-from storage.models import OccasionStatus
+from storage.models import BULK, OccasionStatus
 
 if TYPE_CHECKING:
     from dialogs.llm import LanguageModel
@@ -647,6 +647,32 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
     )
 
 
+def due_digest_clients(session: Session, *, settings: DialogSettings, now: datetime) -> list[int]:
+    """The clients whose digest :func:`send_due_digests` would send now (read only, nothing locked).
+
+    LLM mode writes their narratives before that sweep, outside any
+    transaction (:func:`dialogs.llm_steps.narrate`); the sweep then only reuses them.
+    """
+    pre_session = session.exec(
+        select(Client.id).where(
+            col(Client.next_session_at).is_not(None),
+            col(Client.next_session_at) > now,
+            col(Client.next_session_at) <= now + settings.digest_lead,
+            or_(col(Client.digest_sent_for).is_(None), col(Client.digest_sent_for) != col(Client.next_session_at)),
+        )
+    ).all()
+    weekly = session.exec(
+        select(Client.id)
+        .join(Therapist, col(Therapist.id) == col(Client.therapist_id))
+        .where(
+            col(Therapist.weekly_digest_due).is_not(None),
+            col(Therapist.weekly_digest_due) <= now,
+            Client.status != ClientStatus.INVITED,
+        )
+    ).all()
+    return sorted({i for i in [*pre_session, *weekly] if i is not None})
+
+
 def send_due_digests(
     session: Session,
     *,
@@ -658,7 +684,8 @@ def send_due_digests(
 ) -> None:
     """Pre-session digests (``digest_lead`` before the appointment) and weekly ones, each sent once.
 
-    With ``llm`` (LLM mode) each client's digest gets a short narrative on top of its data.
+    With ``llm`` (LLM mode) each client's digest gets the short narrative written for it beforehand
+    (never a model call here, inside the transaction: see :func:`due_digest_clients`).
     """
     from dialogs.llm_steps import digest_message, with_narrative
 
@@ -677,7 +704,7 @@ def send_due_digests(
         chat = q.latest_identity(session, therapist_id=client.therapist_id)
         if therapist is not None and chat is not None:
             message = digest_message(session, llm=llm, prompts=prompts, client=client, therapist=therapist, now=now)
-            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
+            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now, priority=BULK)
             access.audit(session, actor=access.SYSTEM, action="digest.sent", now=now, client=client)
             counts.digests += 1
         client.digest_sent_for = client.next_session_at
@@ -716,7 +743,7 @@ def send_due_digests(
                 if d.status != ClientStatus.INVITED
             ]
             for message in messages:
-                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
+                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now, priority=BULK)
                 counts.digests += 1
             access.audit(
                 session,

@@ -296,16 +296,32 @@ class ConversationState(SQLModel, table=True):
     last_inbound_at: datetime | None = _ts()
 
 
+URGENT: Final = 0  # outbox priority: crisis replies and alerts
+REPLY: Final = 1  # an answer to someone who just wrote (the default)
+BULK: Final = 2  # nudges, follow-ups and digests: may wait behind the rest
+
+
 class OutboxMessage(SQLModel, table=True):
     """A message waiting for its platform to accept it; sent_at is set only after it did.
 
-    A sender claims a row by setting ``claimed_until`` (a lease: a sender that
-    dies mid-send leaves the row to be claimed again), and defers it with
-    ``next_attempt_at`` after a rate limit or a transient error. ``failed_at``
-    ends a row the platform will never accept (blocked, bad request).
+    A sender claims a row by setting ``claimed_by`` to its process's id (a
+    lease that lasts as long as that process's heartbeat, see
+    :class:`SenderProcess`; ``claimed_until`` is kept for information), and
+    defers it with ``next_attempt_at`` after a rate limit or a transient
+    error. ``failed_at`` ends a row the platform will never accept (blocked,
+    bad request). ``priority`` orders chats when a backlog builds (0 urgent:
+    crisis replies and alerts; 1 replies; 2 bulk: nudges and digests), while
+    one chat's rows always go in id order. ``parts_sent`` counts the parts of
+    a multi-part message the platform already accepted, so a retry sends only
+    the rest. ``subject`` names what a row is about where a later step must
+    find it again (``alert:17``: the alert of safety flag 17, edited after
+    Acknowledge).
     """
 
-    __table_args__ = (Index("ix_outbox_pending", "channel", "sent_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "channel", "sent_at", "priority", "id"),
+        Index("ix_outbox_chat", "channel", "address", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str
@@ -325,6 +341,40 @@ class OutboxMessage(SQLModel, table=True):
     # Which prompt template (and version) produced the text: "llm.reflection@2", "client.nudge@1".
     prompt_key: str | None = None
     prompt_version: str | None = None
+    priority: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    claimed_by: str | None = None
+    parts_sent: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    subject: str | None = Field(default=None, index=True)
+
+
+class SenderProcess(SQLModel, table=True):
+    """A running process that sends from the outbox: its identity and heartbeat.
+
+    Rows it claimed stay its own while ``heartbeat_at`` is fresh; a process
+    on the same host (``host``: the host name and PID namespace) whose
+    ``pid`` is gone is deleted at once by the next process that looks, so a
+    restart reclaims its leases within seconds; one on another host only
+    when its heartbeat is stale. Holds no client data.
+    """
+
+    id: str = Field(primary_key=True)
+    host: str
+    pid: int
+    pid_started: str | None = None  # /proc/PID/stat start time: tells a reused pid from the original
+    started_at: datetime = _ts(nullable=False)
+    heartbeat_at: datetime = _ts(nullable=False, index=True)
+
+
+class RateBudget(SQLModel, table=True):
+    """One platform's send budget shared by every process: the next free slot, in epoch seconds.
+
+    A sender reserves a short run of slots at a time by moving ``next_at``
+    forward in one short transaction, so all processes together stay within
+    the configured rate. Holds no client data.
+    """
+
+    channel: str = Field(primary_key=True)
+    next_at: float = 0.0
 
 
 class ProcessedInbound(SQLModel, table=True):
@@ -388,6 +438,46 @@ class LlmUsage(SQLModel, table=True):
     outcome: str = "ok"  # ok, or "fallback:<reason>" (invalid, timeout, error, unsafe)
     # The validated digest narrative (purpose "narrative" only), so every process reuses the one call per period.
     output: str | None = Field(default=None, sa_type=EncryptedText)
+
+
+class LlmJob(SQLModel, table=True):
+    """A model call (or memory write) a turn decided on, run after its commit, outside any transaction.
+
+    A turn that wants a model's reply writes this row *instead of* its
+    outbox rows, which it keeps in ``fallback`` (the scripted reply, sent as
+    is if the call fails or ``deadline_at`` passes). A runner leases the row
+    (``claimed_until``, as the outbox sender does), calls the model with no
+    transaction open, and applies the result in a second, short transaction
+    that locks the chat's state, checks it still is where the turn left it
+    (``flow``/``step`` and this row still ``pending``), and moves ``status``
+    on with a conditional UPDATE: a result is applied once, by one process.
+    A crash between the two leaves the row pending; it is run again after
+    its lease, or falls back once its deadline has passed. A finished job
+    keeps its bookkeeping but not the text it carried (``request`` and
+    ``fallback`` are emptied).
+    """
+
+    __table_args__ = (Index("ix_llmjob_pending", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # reply | narrative | remember | forget
+    client_id: int | None = Field(default=None, index=True)  # no FK: a forget job outlives the client row
+    state_id: int | None = None  # the ConversationState whose turn made it (reply jobs)
+    flow: str = ""  # where that turn left the chat: the result applies only if it is still there
+    step: str = ""
+    channel: str = ""
+    address: str = ""
+    # What the call needs (scrubbed prompt parts, the original message for number checks): client text.
+    request: dict[str, Any] = Field(default_factory=dict, sa_column=Column(EncryptedJSON, nullable=False))
+    # The turn's scripted outbox rows, sent as they are on any failure.
+    fallback: list[Any] = Field(default_factory=list, sa_column=Column(EncryptedJSON, nullable=False))
+    status: str = "pending"  # pending | done | fallback | superseded
+    outcome: str | None = None  # ok, or fallback:<reason>
+    created_at: datetime = _ts(nullable=False)
+    deadline_at: datetime = _ts(nullable=False)
+    claimed_until: datetime | None = _ts()
+    attempts: int = 0
+    finished_at: datetime | None = _ts()
 
 
 class WebToken(SQLModel, table=True):

@@ -1,7 +1,7 @@
 """key check, hashed invite codes, encrypted flag reasons, a truncate-proof audit log
 
 Revision ID: 0010
-Revises: 0009
+Revises: 0012
 Create Date: 2026-12-03 18:50:00
 """
 
@@ -18,7 +18,7 @@ import storage.crypto
 from storage import crypto
 
 revision = '0010'
-down_revision = '0009'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
