@@ -18,7 +18,6 @@ from bot.wiring import TELEGRAM_USERNAME, Companion, use_join_links
 from channels.base import AsyncOutputChannel
 from channels.sender import OutboxSender, RateLimiter, SenderIdentity, SharedBudget
 from channels.telegram import ALLOWED_UPDATES, MalformedUpdate, secret_matches
-from dialogs import places
 from storage import queries as q
 
 log = logging.getLogger("companion")
@@ -75,7 +74,6 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        places.warm()  # the town index for time zones, built before a client names their town
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         app.state.senders = {}

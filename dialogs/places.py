@@ -10,11 +10,12 @@ GeoNames data, and is pure data (no network at run time). The alternative,
 IANA's zone1970.tab, names one city per zone (about 300); it would still
 need a population-ranked city list beside it, which is what GeoNames is.
 
-The index is built once per process from the package's JSON (1.5–3 s of CPU
-and about 70 MB while it loads, a few MB kept): :func:`warm` builds it in a
-thread as the HTTP service and `companion chat` start, so a turn never waits
-for it in practice. A lookup before it is ready (a process that did not warm
-it) waits on the same lock, inside its turn: CPU, never a network call.
+The index is built once per process from the package's JSON, on the first
+lookup that the hand table and the IANA names miss (1.5–3 s of CPU and about
+70 MB while it loads, a few MB kept). That first lookup runs inside its
+client's turn (CPU, never a network call). It is not built at service start:
+json loading holds the GIL, and the outbox senders must not stall behind it.
+`companion chat` builds it in a thread as the chat opens (:func:`warm`).
 Thread-safe.
 """
 
