@@ -17,7 +17,8 @@ from bot import cli_ops, cli_privacy, cli_safety, logs
 from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
-from dialogs.timeparse import resolve_timezone
+from dialogs import places
+from dialogs.timeparse import timezone_choices
 from storage import Therapist
 from storage import queries as q
 
@@ -126,7 +127,11 @@ def run(
 
 @app.command()
 def tick(config: ConfigOption = None) -> None:
-    """Run one sweep of due work now and exit (for deployments that prefer cron to `run`'s scheduler)."""
+    """Run one sweep of due work now and exit (for deployments that prefer cron to `run`'s scheduler).
+
+    It queues what is due in the outbox and purges what retention says; it
+    sends nothing itself: `companion run`'s senders deliver the outbox.
+    """
     from scheduler.sweep import purge, sweep
 
     companion = _companion(config)
@@ -134,8 +139,9 @@ def tick(config: ConfigOption = None) -> None:
     purge(db=companion.db, engine=companion.engine, policy=companion.settings.retention_policy())
     n = report.nudges
     typer.echo(
-        f"Sweep done: {n.sent} nudge(s) sent, {n.followed_up} follow-up(s), {n.digests} digest(s), "
-        f"{n.missed} missed, {n.skipped} skipped, {report.alerts_escalated} alert(s) re-sent."
+        f"Sweep done: {n.sent} nudge(s) queued, {n.followed_up} follow-up(s), {n.digests} digest(s), "
+        f"{n.missed} missed, {n.skipped} skipped, {report.alerts_escalated} alert(s) queued again. "
+        "They are in the outbox: `companion run` delivers them."
     )
 
 
@@ -162,6 +168,7 @@ def chat(
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
     channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address, jobs=companion.jobs)
+    places.warm()  # a client on the console may name their town; the index builds while they read
     interactive = sys.stdin.isatty()
     stop = threading.Event()
     if interactive:
@@ -267,10 +274,15 @@ def therapist_add(
     config: ConfigOption = None,
 ) -> None:
     """Create a therapist; they chat with `companion chat --as therapist:NAME`."""
-    zone = resolve_timezone(timezone)
-    if zone is None:
+    choices = timezone_choices(timezone)
+    if len(choices) > 1:
+        readings = "; ".join(f"{c.zone} ({c.place})" for c in choices)
+        typer.echo(f"error: {timezone!r} could be more than one time zone: {readings}. Give the zone.", err=True)
+        raise typer.Exit(2)
+    if not choices:
         typer.echo(f"error: unknown time zone {timezone!r}; try a city or a name like Europe/London", err=True)
         raise typer.Exit(2)
+    zone = choices[0].zone
     clean = " ".join(name.split())
     if not clean or ":" in clean or len(clean) > 80:
         typer.echo("error: a therapist name must be 1–80 characters without ':'", err=True)
@@ -299,7 +311,6 @@ def therapist_link(
     from datetime import timedelta
 
     from dialogs.onboarding import new_code
-    from storage import Invite
 
     companion = _companion(config, quiet=True)
     with companion.db.unit_of_work() as session:
@@ -309,7 +320,8 @@ def therapist_link(
             raise typer.Exit(1)
         now = companion.clock.now()
         code = new_code()
-        session.add(Invite(code=code, therapist_id=therapist.id, created_at=now, expires_at=now + timedelta(days=1)))
+        assert therapist.id is not None
+        q.create_link_code(session, therapist_id=therapist.id, code=code, now=now, ttl=timedelta(days=1))
     if slack:
         typer.echo(f"In Slack, {therapist.name} sends:\n\n/companion link {code}\n")
     else:
@@ -357,6 +369,16 @@ def keys_rotate(
         )
         raise typer.Exit(2)
     companion = build(settings)
+    with companion.db.unit_of_work() as session:
+        from sqlmodel import col, func
+
+        from storage import Invite
+
+        unspent = session.exec(
+            select(func.count())
+            .select_from(Invite)
+            .where(col(Invite.used_at).is_(None), Invite.expires_at > companion.clock.now())
+        ).one()
     with Progress() as progress:
         task = progress.add_task("re-encrypting", total=None)
         done = crypto.rotate(
@@ -369,11 +391,20 @@ def keys_rotate(
         from dialogs import access
 
         access.audit(session, actor=access.OPERATOR, action="keys.rotate", now=companion.clock.now(), rows=done)
+    # Codes are stored as keyed hashes under the key they were issued with (storage.crypto.code_hashes).
+    codes = (
+        f" {unspent} unspent invite or link code(s) were issued under the old key and stop working once it is"
+        " gone: issue them again."
+        if unspent
+        else ""
+    )
     if key_file is not None:
         crypto.write_key_file(key_file, keys[:1])
-        typer.echo(f"Rotated {done} row(s); {key_file} now holds only the new key. Back it up with the database.")
+        typer.echo(
+            f"Rotated {done} row(s); {key_file} now holds only the new key. Back it up with the database.{codes}"
+        )
     else:
-        typer.echo(f"Rotated {done} row(s) to the first key; COMPANION_DATA_KEY can now be set to it alone.")
+        typer.echo(f"Rotated {done} row(s) to the first key; COMPANION_DATA_KEY can now be set to it alone.{codes}")
 
 
 @keys_app.command("new")

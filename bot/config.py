@@ -17,9 +17,10 @@ from dialogs.timeparse import parse_clock_time
 from dialogs.turn import DialogSettings
 
 CONFIG_ENV: Final = "COMPANION_CONFIG"
-SECRET_KEYS: Final = tuple(
-    name
-    for key in (
+SECRET_KEYS: Final = frozenset(
+    {
+        # The environment variables and the settings' own field names, compared case-folded:
+        # pydantic-settings matches names case-insensitively, so "Telegram_Bot_Token" would load.
         "database_url",
         "telegram_bot_token",
         "telegram_webhook_secret",
@@ -32,8 +33,9 @@ SECRET_KEYS: Final = tuple(
         "companion_data_key",
         "metrics_token",
         "companion_metrics_token",
-    )
-    for name in (key, key.upper())
+        "openai_api_key",
+        "anthropic_api_key",
+    }
 )
 DEFAULT_CONFIG: Final = Path("config.yaml")
 
@@ -451,7 +453,7 @@ def load_settings(path: Path | None = None) -> Settings:
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         data = loaded or {}
-        secrets = [key for key in data if key in SECRET_KEYS]
+        secrets = [key for key in data if isinstance(key, str) and key.casefold().replace("-", "_") in SECRET_KEYS]
         if secrets:
             raise ConfigError(f"{source}: {', '.join(secrets)} must come from the environment, not the config file")
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,14 +11,16 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from bot import metrics
 from bot.limits import BodyLimit
-from bot.wiring import Companion
+from bot.wiring import TELEGRAM_USERNAME, Companion, use_join_links
 from channels.base import AsyncOutputChannel
 from channels.sender import OutboxSender, RateLimiter, SenderIdentity, SharedBudget
 from channels.telegram import ALLOWED_UPDATES, MalformedUpdate, secret_matches
+from storage import queries as q
 
 log = logging.getLogger("companion")
 TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -68,6 +69,14 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             identity=identity,
         )
 
+    def remember_username(username: str) -> None:
+        """The bot's username, for the t.me join link of invites made in other processes (bot.wiring)."""
+        try:
+            with companion.db.unit_of_work() as session:
+                q.set_instance_value(session, name=TELEGRAM_USERNAME, value=username, now=companion.clock.now())
+        except IntegrityError:
+            pass  # another worker starting at the same moment recorded it first: the same bot, the same name
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -78,8 +87,8 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
         telegram = companion.telegram
         if telegram is not None:
             await telegram.start()
-            link = f"https://t.me/{telegram.username}?start={{code}}"
-            companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=(link,))
+            await run_in_threadpool(remember_username, telegram.username)
+            use_join_links(companion, telegram_username=telegram.username)
             if settings.telegram.webhook_url:
                 assert settings.telegram_webhook_secret is not None
                 await telegram.bot.set_webhook(
@@ -113,9 +122,6 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 log.info("slack: Socket Mode")
         if companion.whatsapp is not None:
             app.state.senders["whatsapp"] = sender(companion.whatsapp, settings.whatsapp)
-            number = companion.whatsapp.from_number.lstrip("+")
-            links = (*companion.engine.settings.join_links, f"https://wa.me/{number}?text=join%20{{code}}")
-            companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=links)
         if background:
             tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
             senders = list(app.state.senders.values())

@@ -16,14 +16,27 @@ log = logging.getLogger("companion")
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_TEXT_WARNING: Final = (
-    "COMPANION_LOG_TEXT is on: client text may appear in the logs. Use it only to debug, and turn it off again"
+    "COMPANION_LOG_TEXT is on: the logs will show client text (what clients and therapists write and are sent, "
+    "in the platform libraries' DEBUG payloads), SQL statements with their parameters (stored values, decrypted "
+    "text included) and the values that failed validation. Tokens, secrets, keys and phone numbers stay masked. "
+    "Use it only to debug, and turn it off again"
 )
+# Secret values shorter than this are not masked by value (they would mask ordinary words); patterns still apply.
+MIN_SECRET_LENGTH: Final = 6
 
 # Always masked. Order matters: URLs and prefixed forms before the bare patterns they contain.
 _SECRETS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # Credentials in URLs: user:password@host, and token-like query parameters.
     (re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@"), "<credentials>@"),
     (re.compile(r"(?i)(?<=[?&])(token|secret|key|password|signature|sig|access_token)=[^&\s\"']+"), r"\1=<redacted>"),
+    # Secrets by name in dict reprs, JSON and form bodies (python-telegram-bot's DEBUG line for setWebhook).
+    (
+        re.compile(
+            r"(?i)(['\"]?\b(?:secret_token|signing_secret|client_secret|auth_token|bot_token|app_token|api_key|"
+            r"password|token)['\"]?\s*[:=]\s*)(['\"]?)[^'\"\s,&}]+\2"
+        ),
+        r"\1\2<redacted>\2",
+    ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 <redacted>"),
     # Telegram bot tokens, on their own or in https://api.telegram.org/bot<token>/method.
     (re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}"), "<telegram-token>"),
@@ -90,18 +103,25 @@ def redact(value: str, *, text: bool = False) -> str:
 class Redactor(logging.Filter):
     """Masks each record's message, traceback and stack in place, so every formatter sees the masked form."""
 
-    def __init__(self, *, text: bool = False) -> None:
+    def __init__(self, *, text: bool = False, secrets: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.text = text
+        # The configured secrets by value, longest first, whatever shape a library prints them in.
+        self.secrets = tuple(sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
+
+    def _known(self, value: str) -> str:
+        for secret in self.secrets:
+            value = value.replace(secret, "<secret>")
+        return value
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage(), text=self.text), None
+        record.msg, record.args = redact(self._known(record.getMessage()), text=self.text), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_traceback(record.exc_text, text=self.text)
+            record.exc_text = redact_traceback(self._known(record.exc_text), text=self.text)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info, text=self.text)
+            record.stack_info = redact(self._known(record.stack_info), text=self.text)
         return True
 
 
@@ -143,6 +163,26 @@ class _CompanionHandler(logging.StreamHandler[TextIO]):
         self._fixed = value
 
 
+def configured_secrets(settings: Settings) -> tuple[str, ...]:
+    """Every secret value the settings hold (tokens, signing secrets, data keys, the database URL's password)."""
+    from pydantic import SecretStr
+    from sqlalchemy.engine import make_url
+
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            found.extend(part.strip() for part in value.get_secret_value().split(","))  # key rings: each key
+    if settings.database_url:
+        try:
+            password = make_url(settings.database_url).password
+        except Exception:  # an unparsable URL fails later, with its own message
+            password = None
+        if password:
+            found.append(str(password))
+    return tuple(found)
+
+
 def configure(settings: Settings, *, stream: TextIO | None = None) -> logging.Handler:
     """Install the companion's root handler (stderr unless ``stream``), replacing one installed before.
 
@@ -153,7 +193,7 @@ def configure(settings: Settings, *, stream: TextIO | None = None) -> logging.Ha
     for old in [h for h in root.handlers if isinstance(h, _CompanionHandler)]:
         root.removeHandler(old)
     handler = _CompanionHandler(stream)
-    handler.addFilter(Redactor(text=settings.log_text))
+    handler.addFilter(Redactor(text=settings.log_text, secrets=configured_secrets(settings)))
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())

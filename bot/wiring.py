@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from pydantic import SecretStr
 
 import prompts
 from bot.config import PROVIDER_KEYS, Settings
@@ -17,7 +21,8 @@ from dialogs.clock import Clock, OffsetClock, SystemClock
 from dialogs.engine import Engine
 from dialogs.llm import LanguageModel
 from dialogs.llm_jobs import JobRunner
-from storage import Database, crypto
+from storage import Database, crypto, keycheck
+from storage import queries as q
 from storage.memory import Embedder, Memory
 
 log = logging.getLogger("companion")
@@ -44,13 +49,13 @@ class Companion:
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
     """Wire the parts; ``upgrade`` brings the schema to the latest migration first."""
     # The try-it demo may skip ahead in time (its own process only); production keeps the system clock as it is.
+    refuse_blank_secrets(settings)
     clock = clock or (OffsetClock(SystemClock()) if settings.demo_enabled else SystemClock())
-    crypto.use(data_keys(settings))
+    db = Database(settings.url)
+    crypto.use(data_keys(settings, db))
+    check_data_key(settings, db, upgrade=upgrade, now=clock.now())
     # Before anything else that takes time: without its screen the companion must not answer anyone.
     safety_screen(settings)
-    db = Database(settings.url)
-    if upgrade:
-        db.upgrade()
     llm = language_model(settings)
     memory, memory_status = memory_store(settings) if llm is not None else (None, "off (LLM mode is off)")
     engine = Engine(
@@ -64,7 +69,7 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
     if llm is not None:
         jobs = JobRunner(db=db, engine=engine)
         engine.on_job = jobs.wake
-    return Companion(
+    companion = Companion(
         settings=settings,
         db=db,
         engine=engine,
@@ -75,6 +80,45 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         jobs=jobs,
         memory_status=memory_status,
     )
+    with db.unit_of_work() as session:
+        username = q.instance_value(session, name=TELEGRAM_USERNAME) if companion.telegram is not None else None
+    use_join_links(companion, telegram_username=username)
+    return companion
+
+
+TELEGRAM_USERNAME: Final = "telegram_username"
+
+
+def use_join_links(companion: Companion, *, telegram_username: str | None) -> None:
+    """Give the engine the tap-to-join links of the configured platforms, for every invite wherever it is made.
+
+    WhatsApp's comes from ``whatsapp.from_number``. Telegram's needs the bot's
+    username, which only getMe tells: `companion run` records it at start
+    (bot.http), so a console or CLI process started later shows it too.
+    """
+    links = []
+    if companion.telegram is not None and telegram_username:
+        links.append(f"https://t.me/{telegram_username}?start={{code}}")
+    if companion.whatsapp is not None:
+        links.append(f"https://wa.me/{companion.whatsapp.from_number.lstrip('+')}?text=join%20{{code}}")
+    companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=tuple(links))
+
+
+def refuse_blank_secrets(settings: Settings) -> None:
+    """Fail closed on a secret that is set but empty or only whitespace, naming its variable.
+
+    An empty value is not a secret: Twilio's validator accepts signatures made
+    with an empty key, slack-sdk raises a bare ValueError on an empty signing
+    secret, and an empty DATABASE_URL would quietly fall back to SQLite. It is
+    almost always a deployment mistake (``KEY=`` in an env file), so it stops
+    every command instead of being read as "not configured".
+    """
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value if name == "database_url" else None
+        if secret is not None and not secret.strip():
+            variable = field.validation_alias if isinstance(field.validation_alias, str) else name.upper()
+            raise WiringError(f"{variable} is empty: set it to its value, or unset it")
 
 
 def language_model(settings: Settings) -> LanguageModel | None:
@@ -251,13 +295,21 @@ def _whatsapp(settings: Settings, db: Database, engine: Engine) -> WhatsAppChann
     )
 
 
-def data_keys(settings: Settings) -> list[bytes]:
+def _key_source(settings: Settings) -> str:
+    if settings.data_key is not None:
+        return "COMPANION_DATA_KEY"
+    return str(crypto.key_file_for(settings.sqlite_path or Path()))
+
+
+def data_keys(settings: Settings, db: Database | None = None) -> list[bytes]:
     """The Fernet keys that protect client text at rest (newest first).
 
     From COMPANION_DATA_KEY; or, for the embedded SQLite default only, from a
-    key file beside the database, created once (mode 0600) — it must be
-    backed up with the database, and losing it loses the data. Any other
-    database refuses to start without COMPANION_DATA_KEY.
+    key file beside the database. The key file is created (mode 0600) only
+    for a database that holds no encrypted data yet: a missing key file
+    beside a populated database is a lost or misplaced key, and a new key
+    would write rows the old one cannot read, so that refuses to start. Any
+    other database refuses to start without COMPANION_DATA_KEY.
     """
     try:
         if settings.data_key is not None:
@@ -266,12 +318,57 @@ def data_keys(settings: Settings) -> list[bytes]:
         if path is None:
             raise WiringError("COMPANION_DATA_KEY is required with DATABASE_URL (client text is encrypted at rest)")
         key_file = crypto.key_file_for(path)
+        if not key_file.exists() and path.exists() and _holds_encrypted_data(settings, db):
+            raise WiringError(
+                f"the data key file {key_file} is missing, but {path} holds encrypted data: restore the key "
+                "file from your backup (or set COMPANION_DATA_KEY to the key). No new key was made: rows written "
+                "under a new key could not be read together with the old ones."
+            )
         keys, created = crypto.load_or_create_key_file(key_file)
     except crypto.KeyError_ as exc:
         raise WiringError(str(exc)) from exc
     if created:
-        log.warning("created the data key %s: back it up with the database; without it the data is lost", key_file)
+        log.warning(
+            "created a new data key %s for %s, which holds no encrypted data yet: back it up with the database "
+            "(not in the same place); without it the data is lost",
+            key_file,
+            path,
+        )
     return keys
+
+
+def _holds_encrypted_data(settings: Settings, db: Database | None) -> bool:
+    if db is not None:
+        return keycheck.holds_encrypted_data(db.engine)
+    probe = Database(settings.url)
+    try:
+        return keycheck.holds_encrypted_data(probe.engine)
+    finally:
+        probe.dispose()
+
+
+def check_data_key(settings: Settings, db: Database, *, upgrade: bool, now: datetime) -> None:
+    """Refuse a key that cannot read this database, before anything is written with it; then record the check.
+
+    The check runs before the migrations (which may encrypt existing values)
+    and before any turn; a database that has none yet gets one (a known
+    value encrypted with the key), so the next start can tell a wrong key
+    from a right one even on PostgreSQL, where the key only comes from the
+    environment.
+    """
+    try:
+        checked = keycheck.verify(db.engine)
+    except keycheck.KeyMismatch as exc:
+        source = _key_source(settings)
+        raise WiringError(
+            f"the data key ({source}) cannot decrypt the data in this database: it is not the key the data was "
+            f"written with. Restore the right key ({source}); the service did not start, so nothing was written "
+            "under the wrong one."
+        ) from exc
+    if upgrade:
+        db.upgrade()
+    if keycheck.record(db.engine, now=now) and checked:
+        log.info("recorded a data-key check in the database (the key in use reads its data)")
 
 
 def _slack(settings: Settings, db: Database, engine: Engine) -> SlackChannel | None:

@@ -9,11 +9,12 @@ from typing import Any, Final
 
 from slack_bolt import BoltResponse
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.base import Progress, Rejected, RetryLater, Transient, Unreachable, render_plain, send_parts
-from channels.slack_blocks import acknowledged_blocks, alert_blocks, digest_messages, plan_modal
+from channels.slack_blocks import acknowledged_blocks, alert_blocks, digest_messages, plain_text, plan_modal
 from dialogs import access, safety_plan
 from dialogs.digest import build_client_digest
 from dialogs.engine import Engine
@@ -24,6 +25,28 @@ from storage import Client, Database, Therapist
 from storage import queries as q
 from storage.models import SAFETY_PLAN_FIELDS
 
+
+class _NotTheTokenWarning(logging.Filter):
+    """Drops bolt's "As you gave `client` as well, `token` will be unused" and nothing else.
+
+    Bolt reads SLACK_BOT_TOKEN from the environment itself when given no token,
+    and then warns on every start that the client we pass wins, which is the
+    point: the client carries the token and our API base URL.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, _NotTheTokenWarning) for f in logger.filters):
+        logger.addFilter(_NotTheTokenWarning())
+    return logger
+
+
+# Slack truncates a message's text at 40,000 characters; stay under it with room for the entities.
+TEXT_LIMIT: Final = 39000
 log = logging.getLogger("companion.slack")
 
 NAME: Final = "slack"
@@ -50,8 +73,11 @@ class SlackChannel:
     name: Final = NAME
 
     def __init__(self, *, client: AsyncWebClient, signing_secret: str, db: Database, engine: Engine) -> None:
+        """``client`` carries the bot token (and the API base URL): bolt gets no token of its own."""
         self.client, self.db, self.engine = client, db, engine
-        self.app = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=True)
+        self.app = AsyncApp(
+            client=client, signing_secret=signing_secret, process_before_response=True, logger=_bolt_logger()
+        )
         self.app.middleware(self._well_formed)
         self.app.command("/companion")(self._companion)
         self.app.command("/homework")(self._homework)
@@ -299,11 +325,13 @@ class SlackChannel:
                 return _ts(
                     await self.client.chat_postMessage(
                         channel=address,
-                        text=message.text,
+                        text=plain_text(message.text, TEXT_LIMIT),
                         blocks=alert_blocks(message.text, option.value, option.label),
                     )
                 )
-            return _ts(await self.client.chat_postMessage(channel=address, text=render_plain(message)[:39000]))
+            return _ts(
+                await self.client.chat_postMessage(channel=address, text=plain_text(render_plain(message), TEXT_LIMIT))
+            )
         except SlackApiError as exc:
             raise _delivery_error(exc) from exc
         except (TimeoutError, OSError) as exc:
@@ -315,7 +343,7 @@ class SlackChannel:
         if not channel or not ts:
             raise Rejected("nothing to edit")
         await self.client.chat_update(
-            channel=channel, ts=ts, text=message.text[:3000], blocks=acknowledged_blocks(message.text)
+            channel=channel, ts=ts, text=plain_text(message.text, 3000), blocks=acknowledged_blocks(message.text)
         )
         return target
 
@@ -325,14 +353,15 @@ class SlackChannel:
             self._digest_model, int(message.ref["client_id"]), int(message.ref["therapist_id"])
         )
         if model is None:  # the client is gone: the text the outbox holds is still true
-            return _ts(await self.client.chat_postMessage(channel=address, text=message.text[:39000]))
+            return _ts(await self.client.chat_postMessage(channel=address, text=plain_text(message.text, TEXT_LIMIT)))
         parts: list[list[Any] | None] = list(digest_messages(model, self.engine.prompts))
         if any(p.debriefs for p in model.trend):
             parts.append(None)  # the chart, after the messages
 
         async def one(blocks: list[Any] | None) -> str | None:
             if blocks is not None:
-                return _ts(await self.client.chat_postMessage(channel=address, text=message.text[:3000], blocks=blocks))
+                text = plain_text(message.text, 3000)
+                return _ts(await self.client.chat_postMessage(channel=address, text=text, blocks=blocks))
             # The digest is delivered; the chart is a bonus. A failed upload is
             # logged, not retried, so the digest itself is never posted twice.
             try:

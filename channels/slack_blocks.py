@@ -45,6 +45,16 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def plain_text(text: str, limit: int) -> str:
+    """``text`` for a message's top-level ``text`` (which Slack reads as mrkdwn): escaped, at most ``limit``.
+
+    Cut before ``limit`` if it must be, never inside an entity, so a client's
+    ``<https://…|click>`` or ``<!channel>`` arrives as the characters typed.
+    """
+    escaped = escape(text)
+    return escaped if _size(escaped) <= limit else escaped[: _cut(escaped, limit)]
+
+
 def _size(text: str) -> int:
     """Length as Slack counts it (UTF-16 units: an emoji is two), to stay safe either way."""
     return len(text) + sum(ord(ch) > 0xFFFF for ch in text)

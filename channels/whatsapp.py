@@ -155,6 +155,8 @@ class WhatsAppChannel:
         db: Database,
         engine: Engine,
     ) -> None:
+        if not auth_token.strip():  # Twilio's validator accepts signatures made with an empty key
+            raise ValueError("an empty Twilio auth token would accept anyone's signature")
         self.client, self.db, self.engine = client, db, engine
         self.validator = RequestValidator(auth_token)
         self.from_number, self.status_callback_url, self.templates = from_number, status_callback_url, templates

@@ -6,14 +6,24 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from dialogs import client_data, llm_steps, measures, nudges, safety_plan
+from dialogs import client_data, llm_steps, measures, nudges, onboarding, safety_plan
 from dialogs.digest import judged
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
-from dialogs.timeparse import format_local, parse_clock_time, resolve_timezone
+from dialogs.timeparse import format_local, parse_clock_time
 from dialogs.turn import Turn, split_command
 from prompts import Extra
-from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework, LogEntry, Occasion, Therapist
+from storage import (
+    ClientStatus,
+    Debrief,
+    DebriefKind,
+    DebriefStatus,
+    Homework,
+    HomeworkStatus,
+    LogEntry,
+    Occasion,
+    Therapist,
+)
 from storage import queries as q
 from storage.models import OccasionStatus
 
@@ -34,6 +44,15 @@ def _therapist_name(turn: Turn) -> str:
     return therapist.name if therapist else ""
 
 
+def resume_word(turn: Turn) -> str:
+    """What this client sends to restart messages: START on WhatsApp (its opt-in word there), /resume elsewhere.
+
+    A channel may name its own in the catalogue as ``client.resume_word.<channel>``.
+    """
+    own = f"client.resume_word.{turn.inbound.channel}"
+    return turn.t(own if turn.prompts.has(own) else "client.resume_word.default")
+
+
 def idle(turn: Turn) -> None:
     """What a client's message means when no flow is under way."""
     client = turn.client
@@ -50,7 +69,7 @@ def idle(turn: Turn) -> None:
             return
     # A stopped client can still read their own safety plan: it is for a crisis, not for homework.
     if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete", "plan"):
-        turn.say("client.while_stopped")
+        turn.say("client.while_stopped", resume=resume_word(turn))
         return
     if command is not None:
         handler = COMMANDS.get(command)
@@ -100,11 +119,11 @@ def _set_status(turn: Turn, status: ClientStatus, *, unchanged: str, done: str, 
     client = turn.client
     assert client is not None
     if client.status == status:
-        turn.say(unchanged)
+        turn.say(unchanged, resume=resume_word(turn))
         return
     client.status = status
     turn.session.add(client)
-    turn.say(done)
+    turn.say(done, resume=resume_word(turn))
     turn.notify_therapist(client.therapist_id, notify, client=client.name)
 
 
@@ -131,8 +150,8 @@ def cmd_stop(turn: Turn, _rest: str) -> None:
     client.status = ClientStatus.STOPPED
     turn.session.add(client)
     turn.idle()
-    turn.say("client.stopped", therapist=_therapist_name(turn))
-    turn.notify_therapist(client.therapist_id, "notify.client_stopped", client=client.name)
+    turn.say("client.stopped", therapist=_therapist_name(turn), resume=resume_word(turn))
+    turn.notify_therapist(client.therapist_id, "notify.client_stopped", client=client.name, resume=resume_word(turn))
 
 
 # --- the client's own data: a copy, and erasure ------------------------------------
@@ -283,20 +302,70 @@ _ASK: Final = {
 }
 
 
-def _current_or_explain(turn: Turn) -> Homework | None:
-    homework = q.current_homework(turn.session, client_id=_client(turn)[0])
-    if homework is None:
+def _which_homework(turn: Turn, kind: DebriefKind) -> Homework | None:
+    """The homework "done" or "didn't do it" is about, or None after asking which (or saying there is none).
+
+    The one a reminder is waiting on, if any; else the only open one; with
+    several open and no reminder pending, the client is asked which, rather
+    than the newest being assumed.
+    """
+    client_id, _ = _client(turn)
+    nudged = nudges.last_nudged(turn.session, client_id=client_id)
+    if nudged is not None:
+        homework = turn.session.get(Homework, nudged.homework_id)
+        if homework is not None and homework.status == HomeworkStatus.OPEN:
+            return homework
+    open_ = q.open_delivered_homework(turn.session, client_id=client_id)
+    if not open_:
         turn.say("debrief.no_homework")
-    return homework
+        return None
+    if len(open_) == 1:
+        return open_[0]
+    turn.goto("pick", "homework", kind=str(kind), homework_ids=[h.id for h in open_])
+    options = [Option(str(n), h.title) for n, h in enumerate(open_, start=1)]
+    turn.say("debrief.which_homework", kind="choice", options=options)
+    return None
+
+
+def pick_step(turn: Turn) -> None:
+    """The answer to "which homework?": its number (or its title), then the debrief or obstacle talk starts."""
+    ids = [i for i in turn.data.get("homework_ids", []) if isinstance(i, int)]
+    kind = DebriefKind(turn.data.get("kind", DebriefKind.DEBRIEF))
+    chosen = None
+    number = turn.number(1, len(ids)) if ids else None
+    if number is not None:
+        chosen = turn.session.get(Homework, ids[number - 1])
+    else:
+        typed = " ".join(turn.text.casefold().split())
+        titled = [h for h in (turn.session.get(Homework, i) for i in ids) if h and h.title.casefold() == typed]
+        chosen = titled[0] if len(titled) == 1 else None
+    if chosen is None or chosen.client_id != _client(turn)[0] or chosen.status != HomeworkStatus.OPEN:
+        options = [Option(str(n), h.title) for n, h in enumerate(_homeworks(turn, ids), start=1)]
+        turn.say("debrief.which_homework", kind="choice", options=options)
+        return
+    turn.idle()
+    _begin(turn, chosen, kind)
+
+
+def _homeworks(turn: Turn, ids: list[int]) -> list[Homework]:
+    return [h for h in (turn.session.get(Homework, i) for i in ids) if h is not None]
+
+
+def _begin(turn: Turn, homework: Homework, kind: DebriefKind) -> None:
+    debrief = _new_debrief(turn, homework, kind)
+    if kind == DebriefKind.OBSTACLE:
+        debrief.quantity = 0
+        turn.goto("obstacle", "what", debrief_id=debrief.id)
+        turn.say("obstacle.ask_what")
+        return
+    turn.goto("debrief", "what_happened", debrief_id=debrief.id)
+    turn.say("debrief.ask_happened", title=homework.title)
 
 
 def start_debrief(turn: Turn, _rest: str) -> None:
-    homework = _current_or_explain(turn)
-    if homework is None:
-        return
-    debrief = _new_debrief(turn, homework, DebriefKind.DEBRIEF)
-    turn.goto("debrief", "what_happened", debrief_id=debrief.id)
-    turn.say("debrief.ask_happened", title=homework.title)
+    homework = _which_homework(turn, DebriefKind.DEBRIEF)
+    if homework is not None:
+        _begin(turn, homework, DebriefKind.DEBRIEF)
 
 
 def _new_debrief(turn: Turn, homework: Homework, kind: DebriefKind) -> Debrief:
@@ -398,13 +467,9 @@ def debrief_step(turn: Turn) -> None:
 
 
 def start_obstacle(turn: Turn, _rest: str) -> None:
-    homework = _current_or_explain(turn)
-    if homework is None:
-        return
-    debrief = _new_debrief(turn, homework, DebriefKind.OBSTACLE)
-    debrief.quantity = 0
-    turn.goto("obstacle", "what", debrief_id=debrief.id)
-    turn.say("obstacle.ask_what")
+    homework = _which_homework(turn, DebriefKind.OBSTACLE)
+    if homework is not None:
+        _begin(turn, homework, DebriefKind.OBSTACLE)
 
 
 def obstacle_step(turn: Turn) -> None:
@@ -481,15 +546,17 @@ def snooze_step(turn: Turn, text: str | None = None) -> None:
 
 
 def cmd_timezone(turn: Turn, rest: str) -> None:
-    zone = resolve_timezone(rest) if rest else None
     client = turn.client
-    if zone is None or client is None:
+    if not rest or client is None:
         turn.say("nudge.timezone_usage")
+        return
+    zone = onboarding.zone_reply(turn, rest, command="/timezone ")
+    if zone is None:
         return
     client.timezone = zone
     turn.session.add(client)
     nudges.replan_zone(turn.session, client=client, settings=turn.settings)
-    turn.say("nudge.timezone_set", timezone=zone)
+    turn.say("nudge.timezone_set", timezone=zone, local_now=onboarding.local_now(turn, zone))
 
 
 def cmd_quiet(turn: Turn, rest: str) -> None:
@@ -574,6 +641,7 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     }[turn.state.step](turn),
     "debrief": debrief_step,
     "obstacle": obstacle_step,
+    "pick": pick_step,
     "log": log_step,
     "delete": delete_step,
     "snooze": lambda turn: snooze_step(turn),

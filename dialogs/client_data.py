@@ -10,12 +10,18 @@ safety plan, questionnaire answers and schedules,
 therapist notes, LLM usage rows, LLM mode's pending model jobs (their scripted
 replies unsent), the dialog state and wrong-code records of
 their chats, every outbox message to their chats (sent or pending), and every
-outbox message to anyone else that is *about* them (alerts, notices,
-digests; see :meth:`dialogs.messages.Outbound.about`). What stays: the audit
-log, which names the client only by number, and the ids of handled platform
-messages (numbers used to drop redeliveries, with no content). Vectors in
-the memory store are the caller's to delete, after the commit (the engine
-does it for ``/delete``, the CLI for ``forget``).
+outbox message to anyone else that names them (alerts, notices, digests, and
+lists such as ``/clients`` replies and caseloads; see
+:meth:`dialogs.messages.Outbound.mentions`). Two rows outlive the erasure
+briefly, because they must still be delivered: the goodbye to the client's
+chat and the notice to the therapist, which retention deletes as soon as
+they are sent, and the dialog state of the chat that asked (idle and empty,
+kept for WhatsApp's 24-hour window), which retention deletes after a day
+(dialogs.retention). What stays: the audit log, which names the client only
+by number, and the ids of handled platform messages (numbers used to drop
+redeliveries, with no content). Vectors in the memory store are the caller's
+to delete, after the commit (the engine does it for ``/delete``, the CLI for
+``forget``).
 """
 
 from __future__ import annotations
@@ -105,7 +111,10 @@ def _outbox_to(session: Session, chats: list[tuple[str, str]]) -> Sequence[Outbo
 
 
 def _outbox_about(session: Session, client_id: int, skip: set[int]) -> Iterator[OutboxMessage]:
-    """Messages to others (the therapist) about this client: decrypted in batches, since payloads are encrypted."""
+    """Messages to others (the therapist) about this client or naming them in a list (``/clients``, caseloads).
+
+    Decrypted in batches, since payloads are encrypted.
+    """
     last = 0
     while True:
         batch = session.exec(
@@ -114,7 +123,7 @@ def _outbox_about(session: Session, client_id: int, skip: set[int]) -> Iterator[
         if not batch:
             return
         for row in batch:
-            if row.id not in skip and Outbound.from_payload(row.payload).about() == client_id:
+            if row.id not in skip and client_id in Outbound.from_payload(row.payload).mentions():
                 yield row
         last = batch[-1].id or last
 

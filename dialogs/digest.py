@@ -37,7 +37,7 @@ from sqlmodel import Session, col, select
 from dialogs import access, measures, review, safety_plan
 from dialogs.guard import describe_signals
 from dialogs.homework import SPECIFICITY
-from dialogs.messages import Outbound, about_client, enqueue
+from dialogs.messages import Outbound, about_client, enqueue, mentioning
 from dialogs.nudges import SweepCounts, next_weekly
 from dialogs.turn import DialogSettings
 from prompts import Prompts, fold
@@ -198,6 +198,7 @@ class ClientDigest:
     trend: tuple[WeekPoint, ...]
     agenda: tuple[AgendaItem, ...]
     undeliverable: int = 0  # messages that could not be sent outside WhatsApp's 24-hour window
+    undeliverable_reminders: int = 0  # of those, reminders and follow-ups (the ones a template can carry)
     # LLM mode only: a short narrative written by the model on top of (never instead of) the data.
     narrative: str | None = None
     narrative_at: datetime | None = None
@@ -229,6 +230,7 @@ class CaseloadRow:
     plan_reviewed: datetime | None = None
     reviewed: tuple[int, int] | None = None  # (reviewed, of the last N closed homeworks)
     measures: tuple[tuple[str, int, str], ...] = ()  # (name, latest score, band)
+    client_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,10 @@ class Caseload:
     timezone: str
     now: datetime
     rows: tuple[CaseloadRow, ...]
+
+    def mentions(self) -> dict[str, Any]:
+        """The ``ref`` of a message showing this caseload: every client it names, so an erasure finds it."""
+        return mentioning(r.client_id for r in self.rows if r.client_id is not None)
 
 
 # --- building ---------------------------------------------------------------------------
@@ -420,7 +426,9 @@ def build_client_digest(
     )
     logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
     trend = _week_points([v for _, v in views if v.kind == DebriefKind.DEBRIEF], now)
-    undeliverable = q.undeliverable_since(session, client_id=client.id or 0, since=start, reason="outside_window")
+    undeliverable, undeliverable_reminders = q.undeliverable_since(
+        session, client_id=client.id or 0, since=start, reason="outside_window"
+    )
     plan_reviewed = safety_plan.reviewed_at(session, client.id or 0)
     digest = ClientDigest(
         **base,
@@ -434,6 +442,7 @@ def build_client_digest(
         plan_reviewed=plan_reviewed,
         measures=measures.digest_views(session, client_id=client.id or 0, locale=prompts.locale),
         review=review.count(session, client_id=client.id or 0, homeworks=all_homework.values(), titles_since=start),
+        undeliverable_reminders=undeliverable_reminders,
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
 
@@ -553,7 +562,8 @@ def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
     if digest.unreachable_since is not None:
         items.append(AgendaItem("unreachable", {}))
     if digest.undeliverable:
-        items.append(AgendaItem("outside_window", {"count": digest.undeliverable}))
+        counts = {"count": digest.undeliverable, "reminders": digest.undeliverable_reminders}
+        items.append(AgendaItem("outside_window", counts))
     items.append(AgendaItem("next", {}))
     return tuple(items)
 
@@ -590,6 +600,7 @@ def build_weekly(
                 plan_reviewed=digest.plan_reviewed,
                 reviewed=(digest.review.reviewed, digest.review.total) if digest.review else None,
                 measures=tuple((m.name, m.score, m.band or "") for m in digest.measures if m.score is not None),
+                client_id=client.id,
             )
         )
     rows.sort(
@@ -771,7 +782,10 @@ def send_due_digests(
             version = prompts.version
             messages = [
                 Outbound(
-                    render_caseload_text(caseload, prompts), prompt_key="digest.caseload_header", prompt_version=version
+                    render_caseload_text(caseload, prompts),
+                    ref=caseload.mentions(),
+                    prompt_key="digest.caseload_header",
+                    prompt_version=version,
                 )
             ]
             messages += [

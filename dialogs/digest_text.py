@@ -113,7 +113,15 @@ def _render(digest: ClientDigest, prompts: Prompts, doc: _Doc) -> str:
     if digest.unreachable_since:
         doc.line(t("digest.unreachable", when=_when(digest.unreachable_since, tz)), 0)
     if digest.undeliverable:
-        doc.line(t("digest.undeliverable", count=digest.undeliverable), 0)
+        doc.line(
+            t(
+                "digest.undeliverable",
+                count=digest.undeliverable,
+                reminders=digest.undeliverable_reminders,
+                other=digest.undeliverable - digest.undeliverable_reminders,
+            ),
+            0,
+        )
     if digest.opted_out:
         doc.line(t("digest.opted_out"), 0)
         return doc.render()

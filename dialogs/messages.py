@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -81,6 +82,16 @@ class Outbound:
         value = ref.get("about_client", ref.get("client_id"))
         return value if isinstance(value, int) else None
 
+    def mentions(self) -> frozenset[int]:
+        """Every client this message names: the one it is about, and those a list shows (``/clients``, caseloads).
+
+        An erasure removes every message that names the client, lists included.
+        """
+        about = self.about()
+        listed = (self.ref or {}).get("mentions", ())
+        named = {c for c in listed if isinstance(c, int)} if isinstance(listed, list) else set()
+        return frozenset(named | ({about} if about is not None else set()))
+
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Outbound:
         return cls(
@@ -94,6 +105,11 @@ class Outbound:
 def about_client(client_id: int | None) -> dict[str, Any] | None:
     """The ``ref`` of a message about a client (a notice, an alert, a weekly digest) that is not itself a digest."""
     return {"about_client": client_id} if client_id is not None else None
+
+
+def mentioning(client_ids: Iterable[int]) -> dict[str, Any]:
+    """The ``ref`` of a message that names several clients (a list, a caseload): see :meth:`Outbound.mentions`."""
+    return {"mentions": sorted(set(client_ids))}
 
 
 # What goes first when a backlog builds: the crisis path, then anyone's reply, then bulk (nudges, digests).

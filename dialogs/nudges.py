@@ -113,6 +113,34 @@ def out_of_quiet(day: date, at: time, quiet_start: time, quiet_end: time) -> tup
     return day, at
 
 
+def in_quiet(at: time, quiet_start: time, quiet_end: time) -> bool:
+    """Whether a local time of day falls in quiet hours (start included, end not)."""
+    return out_of_quiet(date(2000, 1, 3), at, quiet_start, quiet_end) != (date(2000, 1, 3), at)
+
+
+def nearest_allowed(at: time, quiet_start: time, quiet_end: time) -> time:
+    """The allowed time of day nearest to ``at`` (a time in quiet hours), on the half hour.
+
+    The candidates are the end of quiet hours and the last half hour before
+    they start (21:00 for quiet hours from 21:30); the nearer one, going round
+    the clock, wins, and the end wins a tie (a morning reminder over a late one).
+    """
+
+    def minutes(value: time) -> int:
+        return value.hour * 60 + value.minute
+
+    before_start = (minutes(quiet_start) - 1) // 30 * 30 % (24 * 60)
+    late = time(before_start // 60, before_start % 60)
+    candidates = [late] if not in_quiet(late, quiet_start, quiet_end) else []
+    candidates.append(quiet_end)
+
+    def distance(value: time) -> int:
+        gap = abs(minutes(value) - minutes(at))
+        return min(gap, 24 * 60 - gap)
+
+    return min(reversed(candidates), key=distance)
+
+
 def quiet_hours(client: Client, settings: DialogSettings) -> tuple[time, time]:
     return _hm(client.quiet_start or settings.quiet_start), _hm(client.quiet_end or settings.quiet_end)
 

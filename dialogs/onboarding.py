@@ -11,7 +11,9 @@ from sqlmodel import select
 
 from dialogs import access
 from dialogs.homework import deliver_pending
-from dialogs.timeparse import parse_clock_time, resolve_timezone
+from dialogs.messages import Option
+from dialogs.nudges import in_quiet, nearest_allowed, quiet_hours
+from dialogs.timeparse import format_local, parse_clock_time, timezone_choices, zone_country
 from dialogs.turn import Turn, split_command
 from storage import Client, ClientStatus, Invite, Therapist
 from storage import queries as q
@@ -132,16 +134,50 @@ def consent(turn: Turn) -> None:
     turn.say("join.ask_timezone")
 
 
+def zone_reply(turn: Turn, text: str, *, command: str = "") -> str | None:
+    """The zone a client means by ``text``, or None after asking (several readings) or saying it is unknown.
+
+    A number picks from the readings offered last (``zone_options`` in the
+    chat's data); several readings are offered as choices whose values are
+    the zones themselves (``command`` in front for ``/timezone``), so tapping
+    one, or typing its number on WhatsApp, comes back here as a plain zone.
+    The therapist's country breaks a tie (a UK therapist's client in
+    Birmingham is in England).
+    """
+    offered = turn.data.get("zone_options")
+    if isinstance(offered, list) and text.strip().isdigit() and 1 <= int(text.strip()) <= len(offered):
+        return str(offered[int(text.strip()) - 1])
+    therapist = turn.session.get(Therapist, turn.client.therapist_id) if turn.client is not None else None
+    choices = timezone_choices(text, country=zone_country(therapist.timezone) if therapist else None)
+    if len(choices) == 1:
+        return choices[0].zone
+    if not choices:
+        turn.say("join.bad_timezone" if not command else "nudge.timezone_usage")
+        return None
+    turn.state.data = {**turn.state.data, "zone_options": [c.zone for c in choices]}
+    options = [Option(f"{command}{c.zone}", c.place) for c in choices]
+    turn.say("join.which_timezone", kind="choice", options=options, place=_strip(text))
+    return None
+
+
+def _strip(text: str) -> str:
+    return " ".join(text.split())[:60]
+
+
+def local_now(turn: Turn, zone: str) -> str:
+    """The current time where the client is, to confirm a zone back ("Mon 23 Nov 04:00 (America/New_York)")."""
+    return format_local(turn.now, zone) or zone
+
+
 def timezone(turn: Turn) -> None:
-    zone = resolve_timezone(turn.text)
+    zone = zone_reply(turn, turn.text)
     if zone is None:
-        turn.say("join.bad_timezone")
         return
     assert turn.client is not None
     turn.client.timezone = zone
     turn.session.add(turn.client)
-    turn.step("nudge_time")
-    turn.say("join.ask_nudge_time", timezone=zone)
+    turn.step("nudge_time", zone_options=None)
+    turn.say("join.ask_nudge_time", timezone=zone, local_now=local_now(turn, zone))
 
 
 def nudge_time(turn: Turn) -> None:
@@ -151,11 +187,33 @@ def nudge_time(turn: Turn) -> None:
         return
     client = turn.client
     assert client is not None and client.id is not None
-    client.nudge_time = at.strftime("%H:%M")
+    chosen = at.strftime("%H:%M")
+    start, end = quiet_hours(client, turn.settings)
+    quiet = in_quiet(at, start, end)
+    if quiet and turn.data.get("quiet_warned") != chosen:
+        # Said when the time is chosen, not discovered at 08:00 the next day: offer the nearest allowed time.
+        nearest = nearest_allowed(at, start, end).strftime("%H:%M")
+        quiet_end = end.strftime("%H:%M")
+        turn.step("nudge_time", quiet_warned=chosen)
+        turn.say(
+            "join.nudge_time_quiet",
+            kind="choice",
+            options=(
+                Option(nearest, nearest),
+                Option(chosen, turn.t("join.keep_quiet_time", nudge_time=chosen, quiet_end=quiet_end)),
+            ),
+            nudge_time=chosen,
+            quiet_start=start.strftime("%H:%M"),
+            quiet_end=quiet_end,
+            nearest=nearest,
+        )
+        return
+    client.nudge_time = chosen
     client.status = ClientStatus.ACTIVE
     turn.session.add(client)
     turn.idle()
-    turn.say("join.done", nudge_time=client.nudge_time, timezone=client.timezone)
+    shown = turn.t("join.quiet_kept", nudge_time=chosen, quiet_end=end.strftime("%H:%M")) if quiet else chosen
+    turn.say("join.done", nudge_time=shown, timezone=client.timezone)
     turn.notify_therapist(client.therapist_id, "notify.client_joined", client=client.name)
     _, messages = deliver_pending(
         turn.session, prompts=turn.prompts, settings=turn.settings, client=client, now=turn.now

@@ -15,8 +15,13 @@ Two settings (``retention`` in config.yaml):
 
 Housekeeping that needs no setting: wrong invite codes are forgotten after a
 day (the rate limit looks back an hour) and expired dashboard tokens after a
-day. Open crisis alerts are never purged. Each purge leaves one audit entry
-with counts.
+day. So is the dialog state of a chat nobody is linked to (a stranger's, or
+an erased client's) that has been idle a day: it holds only the chat's id and
+when it last wrote, which WhatsApp's 24-hour window needs no longer than
+that. The goodbye of an erasure and its notice to the therapist are deleted
+as soon as they are sent: they name the erased client's chat and name.
+Open crisis alerts are never purged. Each purge leaves one audit entry with
+counts.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from sqlmodel import Session, col
 
 from dialogs import access
 from storage import (
+    ConversationState,
     Debrief,
     FlagLevel,
     Homework,
     HomeworkStatus,
+    Identity,
     JoinFailure,
     LogEntry,
     MeasureResponse,
@@ -46,6 +53,8 @@ from storage import (
 from storage.models import OccasionStatus
 
 HOUSEKEEPING: Final = timedelta(days=1)
+# Sent outbox rows deleted at the next purge whatever their age: the last messages of an erasure.
+ERASURE_NOTICES: Final = ("client.deleted", "notify.client_deleted")
 _SETTLED: Final = tuple(
     s for s in OccasionStatus if s not in (OccasionStatus.PLANNED, OccasionStatus.SENT, OccasionStatus.FOLLOWED_UP)
 )
@@ -68,6 +77,16 @@ def purge(session: Session, *, policy: RetentionPolicy, now: datetime) -> dict[s
 
     run("joinfailure", delete(JoinFailure).where(col(JoinFailure.at) < now - HOUSEKEEPING))
     run("webtoken", delete(WebToken).where(col(WebToken.expires_at) < now - HOUSEKEEPING))
+    sent = or_(col(OutboxMessage.sent_at).is_not(None), col(OutboxMessage.failed_at).is_not(None))
+    run("outboxmessage", delete(OutboxMessage).where(col(OutboxMessage.prompt_key).in_(ERASURE_NOTICES), sent))
+    linked = exists(
+        select(col(Identity.id)).where(
+            col(Identity.channel) == col(ConversationState.channel),
+            col(Identity.address) == col(ConversationState.address),
+        )
+    )
+    idle = and_(col(ConversationState.flow) == "idle", col(ConversationState.updated_at) < now - HOUSEKEEPING)
+    run("conversationstate", delete(ConversationState).where(idle, ~linked))
     if policy.messages is not None:
         cutoff = now - policy.messages
         done = or_(col(OutboxMessage.sent_at).is_not(None), col(OutboxMessage.failed_at).is_not(None))

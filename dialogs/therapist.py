@@ -20,7 +20,7 @@ from dialogs.homework import (
     normalise_field,
     set_homework,
 )
-from dialogs.messages import Outbound
+from dialogs.messages import Outbound, mentioning
 from dialogs.nudges import cancel_planned, next_weekly
 from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
@@ -130,8 +130,9 @@ def cmd_invite(turn: Turn, rest: str) -> None:
     for _attempt in range(5):  # a collision among 31^8 codes is rare; retry in a savepoint
         try:
             with turn.session.begin_nested():
+                code = new_code()  # shown once, here; only its keyed hash is stored
                 invite = q.create_invite(
-                    turn.session, client_id=client.id, code=new_code(), now=turn.now, ttl=turn.settings.invite_ttl
+                    turn.session, client_id=client.id, code=code, now=turn.now, ttl=turn.settings.invite_ttl
                 )
             break
         except IntegrityError:
@@ -141,9 +142,9 @@ def cmd_invite(turn: Turn, rest: str) -> None:
     turn.say(
         "therapist.invite.created",
         client=client.name,
-        code=invite.code,
+        code=code,
         expires=_when(turn, invite.expires_at),
-        links=join_links(turn.settings.join_links, invite.code, turn.t),
+        links=join_links(turn.settings.join_links, code, turn.t),
     )
 
 
@@ -173,7 +174,7 @@ def cmd_clients(turn: Turn, _rest: str) -> None:
                 last_contact=_when(turn, client.last_contact_at),
             )
         )
-    turn.say_text("\n".join(lines))
+    turn.say_text("\n".join(lines), ref=mentioning(c.id for c in clients if c.id is not None))
 
 
 def cmd_homeworks(turn: Turn, rest: str) -> None:
@@ -257,7 +258,7 @@ def cmd_digest(turn: Turn, rest: str) -> None:
     if not rest.strip():
         caseload = build_caseload(turn.session, prompts=turn.prompts, therapist=turn.therapist, now=turn.now)
         turn.audit("caseload.digest.read")
-        turn.say_text(render_caseload_text(caseload, turn.prompts))
+        turn.say_text(render_caseload_text(caseload, turn.prompts), ref=caseload.mentions())
         return
     found = _require_client(turn, rest, "therapist.digest_usage")
     if found is None:

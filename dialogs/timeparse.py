@@ -9,12 +9,16 @@ import unicodedata
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
+from dialogs.places import ZoneChoice, zones_for
+
 __all__ = [
+    "ZoneChoice",
     "format_local",
     "local_to_utc",
     "parse_clock_time",
     "parse_when",
     "resolve_timezone",
+    "timezone_choices",
     "utc_to_local",
 ]
 
@@ -28,6 +32,43 @@ _MAX_WHEN_LEN = 200
 _CITY_REGIONS = frozenset(
     {"Africa", "America", "Antarctica", "Arctic", "Asia", "Atlantic", "Australia", "Europe", "Indian", "Pacific"}
 )
+
+# Abbreviations and region names people type for their zone, mapped to the region's real zone, which keeps
+# its daylight-saving rules: IANA's own "EST", "MST" and "HST" are fixed offsets, so a New Yorker who typed
+# EST was an hour late all summer. Several zones: the abbreviation means different places; ask which.
+# Arizona keeps MST all year: MST reads as Denver, and the confirmation shows the local time to correct it.
+_ABBREVIATIONS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("est", "edt", "et", "eastern", "easterntime", "usest"), ("America/New_York",)),
+    **dict.fromkeys(("cst", "cdt", "ct", "central", "centraltime"), ("America/Chicago",)),
+    **dict.fromkeys(("mst", "mdt", "mt", "mountain", "mountaintime"), ("America/Denver",)),
+    **dict.fromkeys(("pst", "pdt", "pt", "pacific", "pacifictime"), ("America/Los_Angeles",)),
+    **dict.fromkeys(("akst", "akdt", "alaska"), ("America/Anchorage",)),
+    **dict.fromkeys(("hst", "hast", "hawaii"), ("Pacific/Honolulu",)),
+    **dict.fromkeys(("ast", "adt", "atlantic"), ("America/Halifax",)),
+    **dict.fromkeys(("nst", "ndt", "newfoundland"), ("America/St_Johns",)),
+    **dict.fromkeys(("bst", "uk", "uktime", "britishtime"), ("Europe/London",)),
+    "gmt": ("Europe/London", "GMT"),  # UK time (BST in summer), or GMT all year (Accra, Reykjavik)
+    **dict.fromkeys(("wet", "west"), ("Europe/Lisbon",)),
+    **dict.fromkeys(("cet", "cest", "met", "mest"), ("Europe/Paris",)),  # Paris and Berlin share the EU rules
+    **dict.fromkeys(("eet", "eest"), ("Europe/Athens",)),
+    "msk": ("Europe/Moscow",),
+    "ist": ("Asia/Kolkata", "Europe/Dublin", "Asia/Jerusalem"),  # India, Irish, Israel
+    "pkt": ("Asia/Karachi",),
+    "jst": ("Asia/Tokyo",),
+    "kst": ("Asia/Seoul",),
+    "hkt": ("Asia/Hong_Kong",),
+    "sgt": ("Asia/Singapore",),
+    **dict.fromkeys(("aest", "aedt"), ("Australia/Sydney",)),
+    **dict.fromkeys(("acst", "acdt"), ("Australia/Adelaide",)),
+    "awst": ("Australia/Perth",),
+    **dict.fromkeys(("nzst", "nzdt"), ("Pacific/Auckland",)),
+    "sast": ("Africa/Johannesburg",),
+    "cat": ("Africa/Maputo",),
+    "eat": ("Africa/Nairobi",),
+    "wat": ("Africa/Lagos",),
+    "brt": ("America/Sao_Paulo",),
+    "art": ("America/Argentina/Buenos_Aires",),
+}
 
 # Cities, countries and names that are not (or not unambiguously) the last component
 # of an IANA zone. Keys are compared after _city_key(); an alias wins over the
@@ -322,43 +363,74 @@ def _strip_edges(text: str) -> str:
     return text[start:end]
 
 
-def resolve_timezone(text: str) -> str | None:
-    """Resolve what a user typed to an IANA zone name, or None.
+def resolve_timezone(text: str, *, country: str | None = None) -> str | None:
+    """The one IANA zone what a user typed names, or None (unknown, or ambiguous: see :func:`timezone_choices`)."""
+    choices = timezone_choices(text, country=country)
+    return choices[0].zone if len(choices) == 1 else None
+
+
+def timezone_choices(text: str, *, country: str | None = None) -> tuple[ZoneChoice, ...]:
+    """What a user typed as IANA zones: none (unknown), one, or several to ask about (likeliest first).
 
     Tried in order, after stripping surrounding whitespace/punctuation and accents:
-    1. an exact IANA name, case-insensitively ("europe/london" -> "Europe/London";
-       spaces may stand for underscores: "america/new york"); every name in
-       zoneinfo.available_timezones() resolves to itself in any letter case, so
-       "GMT" -> "GMT" and "EST" -> "EST" (a fixed -05:00 zone, as IANA defines it);
-    2. the alias table (cities and countries that are not zone components, e.g.
+    1. an abbreviation or region name ("EST", "Pacific", "CET", "BST"): the
+       region's real zone with its daylight-saving rules, never IANA's fixed
+       "EST"; "GMT" and "IST" mean several places and ask;
+    2. an exact IANA name, case-insensitively ("europe/london" -> "Europe/London";
+       spaces may stand for underscores: "america/new york");
+    3. the alias table (cities and countries that are not zone components, e.g.
        "San Francisco" -> "America/Los_Angeles", "Belfast" -> "Europe/London",
        "utc"/"z" -> "UTC");
-    3. the last component of a zone under a continental/ocean region, ignoring case,
+    4. the last component of a zone under a continental/ocean region, ignoring case,
        spaces, underscores, hyphens and apostrophes ("new york", "Sao Paulo",
-       "São Paulo", "st john's").
-    Only zones present on this machine (or "UTC") are returned. Abbreviations such as
-    "PST" or "IST" are not interpreted (they are ambiguous) unless they are IANA names.
-    Non-str input, over-long text, emoji, control characters and other non-Latin
-    symbols give None. Never raises.
+       "São Paulo", "st john's");
+    5. a town of 15,000+ people from GeoNames (dialogs.places), optionally as
+       "town, region" ("Nottingham", "München", "Portland, Maine"); a name
+       several sizeable towns in different zones share ("Portland") gives
+       them all. ``country`` (ISO code, e.g. the therapist's) settles a
+       choice when exactly one reading lies in it.
+    Only zones present on this machine (or "UTC") are returned. Non-str input,
+    over-long text, emoji, control characters and other non-Latin symbols give
+    nothing. Never raises.
     """
     if not isinstance(text, str) or len(text) > _MAX_TZ_LEN:
-        return None
+        return ()
     decomposed = unicodedata.normalize("NFKD", _strip_edges(text))
     cleaned = "".join(c for c in decomposed if not unicodedata.combining(c))
     cleaned = cleaned.replace("\u2019", "'")
-    if not cleaned or not set(cleaned) <= _TZ_ALLOWED:
-        return None
-    words = cleaned.split()
-    full = "_".join(words).replace("_/", "/").replace("/_", "/").lower()
-    hit = _by_lower().get(full)
-    if hit is not None:
-        return hit
-    if "/" in full:
-        return None
-    key = _city_key(cleaned)
-    if not key:
-        return None
-    return _aliases().get(key) or _by_city().get(key)
+    town, _, region = cleaned.partition(",")
+    town, region = town.strip(), _strip_edges(region)
+    if not town or not set(town) <= _TZ_ALLOWED or not set(region) <= _TZ_ALLOWED:
+        return ()
+    available = _available()
+    key = _city_key(town)
+    if not region:
+        abbreviation = [z for z in _ABBREVIATIONS.get(key, ()) if z in available]
+        if abbreviation:
+            return tuple(ZoneChoice(z, _zone_label(z)) for z in abbreviation)
+        words = town.split()
+        full = "_".join(words).replace("_/", "/").replace("/_", "/").lower()
+        hit = _by_lower().get(full)
+        if hit is not None:
+            return (ZoneChoice(hit, hit),)
+        if "/" in full:
+            return ()
+        if not key:
+            return ()
+        known = _aliases().get(key) or _by_city().get(key)
+        if known is not None:
+            return (ZoneChoice(known, known),)
+    if not key or "/" in town:
+        return ()
+    return tuple(c for c in zones_for(town, region or None, country=country) if c.zone in available)
+
+
+def _zone_label(zone: str) -> str:
+    """A zone named for asking: "Europe/Dublin (Ireland)"."""
+    from dialogs.places import country_name
+
+    name = country_name(zone_country(zone))
+    return f"{zone} ({name})" if name else zone
 
 
 # --------------------------------------------------------------------------- clock

@@ -10,6 +10,9 @@ a silent plaintext write.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -18,13 +21,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Text, literal, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 PREFIX: Final = "enc1:"
+# HKDF "info" for the key that hashes invite and link codes: a key of its own, derived from each data key.
+_CODE_INFO: Final = b"homework-companion/invite-code-hmac@1"
 _lock = threading.Lock()
 _ring: MultiFernet | None = None
+_code_keys: tuple[bytes, ...] = ()
 
 
 class KeyError_(Exception):
@@ -52,15 +60,38 @@ def ring(keys: Sequence[bytes]) -> MultiFernet:
 
 def use(keys: Sequence[bytes]) -> None:
     """Set the process's key ring: the first key encrypts, every key decrypts."""
-    global _ring
+    global _ring, _code_keys
     with _lock:
         _ring = ring(keys)
+        _code_keys = tuple(_derive_code_key(k) for k in keys)
 
 
 def _current() -> MultiFernet:
     if _ring is None:
         raise KeyError_("no data key configured: storage.crypto.use() must run before encrypted data is touched")
     return _ring
+
+
+def _derive_code_key(key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_CODE_INFO).derive(base64.urlsafe_b64decode(key))
+
+
+def code_hashes(code: str) -> list[str]:
+    """The keyed hashes (HMAC-SHA256) an invite or link code may be stored under: one per key, newest first.
+
+    A code is stored only as ``code_hashes(code)[0]``; looking it up by every
+    key's hash keeps codes issued before a key rotation working while their
+    key is still in the ring. Codes are compared upper-case.
+    """
+    if _ring is None:
+        _current()  # raises: no key ring
+    message = code.strip().upper().encode("utf-8")
+    return [hmac.new(key, message, hashlib.sha256).hexdigest() for key in _code_keys]
+
+
+def code_hash(code: str) -> str:
+    """The hash a new code is stored under (the newest key's)."""
+    return code_hashes(code)[0]
 
 
 def key_file_for(database_path: Path) -> Path:

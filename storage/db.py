@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +38,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file (mode 0600) before SQLite does, if it does not exist yet.
+
+    SQLite would create it with the process's umask (often world-readable),
+    and it gives its -wal and -shm files the main file's mode, so creating
+    the main file private keeps all three private. An existing file's mode is
+    the operator's and is left as it is.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class Database:
     """One engine per process; sessions come only from :meth:`unit_of_work`.
 
@@ -48,9 +63,9 @@ class Database:
         self.url = normalise_url(url)
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
-            path = self.url.split("///", 1)[-1]
+            path = self.url.split("///", 1)[-1].split("?", 1)[0]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                create_private_file(Path(path))
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True

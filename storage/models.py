@@ -124,10 +124,15 @@ class Identity(SQLModel, table=True):
 
 
 class Invite(SQLModel, table=True):
-    """A single-use, expiring code: a client's invite, or a therapist's code to link a chat account."""
+    """A single-use, expiring code: a client's invite, or a therapist's code to link a chat account.
+
+    Only a keyed hash of the code is stored (``storage.crypto.code_hash``, an HMAC
+    with a key derived from the data key), so a copy of the database redeems
+    nothing; a code is looked up by its hash.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
-    code: str = Field(unique=True, index=True)
+    code_hash: str = Field(unique=True, index=True)
     client_id: int | None = Field(default=None, foreign_key="client.id", index=True)
     therapist_id: int | None = Field(default=None, foreign_key="therapist.id")
     created_at: datetime = _ts(nullable=False)
@@ -250,8 +255,9 @@ class SafetyFlag(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     client_id: int = Field(foreign_key="client.id", index=True)
     therapist_id: int = Field(foreign_key="therapist.id", index=True)
-    level: str
-    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    level: str  # plaintext: alerts, retention and the caseload query by it (SECURITY.md, "what stays readable")
+    # What raised it ("suicide method or plan"): as sensitive as the text, so encrypted too.
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(EncryptedJSON, nullable=False))
     text: str = Field(sa_type=EncryptedText)  # the client's message: the therapist needs it to act
     context: str | None = None  # where in the dialog it was written, e.g. "debrief of #3"
     created_at: datetime = _ts(nullable=False, index=True)
@@ -555,3 +561,17 @@ class MeasureResponse(SQLModel, table=True):
     # The total and its published band, kept plain like a debrief's amount so the digest can chart them.
     score: int | None = None
     band: str | None = None
+
+
+class InstanceValue(SQLModel, table=True):
+    """A value that belongs to this installation rather than to a person, by name.
+
+    ``key_check`` holds a known text encrypted with the data key: at start the
+    service refuses a key that cannot read it (storage.keycheck). The value is
+    encrypted like client text, so ``companion keys rotate`` carries it over.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    value: str = Field(sa_type=EncryptedText)
+    created_at: datetime = _ts(nullable=False)

@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Final
 
-from sqlalchemy import bindparam, func, tuple_
+from sqlalchemy import bindparam, case, func, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from storage import crypto
 from storage.models import (
     Client,
     ConversationState,
@@ -24,6 +25,7 @@ from storage.models import (
     Homework,
     HomeworkStatus,
     Identity,
+    InstanceValue,
     Invite,
     JoinFailure,
     LogEntry,
@@ -234,21 +236,47 @@ def create_client(session: Session, *, therapist_id: int, name: str, now: dateti
     return client
 
 
+# --- this installation --------------------------------------------------------
+
+
+def instance_value(session: Session, *, name: str) -> str | None:
+    """A value this installation recorded (storage.models.InstanceValue), or None."""
+    row = session.exec(select(InstanceValue).where(InstanceValue.name == name)).first()
+    return row.value if row is not None else None
+
+
+def set_instance_value(session: Session, *, name: str, value: str, now: datetime) -> None:
+    row = session.exec(select(InstanceValue).where(InstanceValue.name == name)).first()
+    if row is None:
+        row = InstanceValue(name=name, value=value, created_at=now)
+    row.value = value
+    session.add(row)
+
+
 # --- invites -----------------------------------------------------------------
 
 
 def create_invite(session: Session, *, client_id: int, code: str, now: datetime, ttl: timedelta) -> Invite:
-    invite = Invite(code=code, client_id=client_id, created_at=now, expires_at=now + ttl)
+    invite = Invite(code_hash=crypto.code_hash(code), client_id=client_id, created_at=now, expires_at=now + ttl)
     session.add(invite)
     session.flush()
     return invite
 
 
 def usable_invite(session: Session, *, code: str, now: datetime) -> Invite | None:
-    """The unused, unexpired invite with this code (codes are stored upper-case)."""
+    """The unused, unexpired invite with this code, found by its keyed hash (the code itself is not stored)."""
+    hashes = crypto.code_hashes(code)
     return session.exec(
-        select(Invite).where(Invite.code == code.upper(), col(Invite.used_at).is_(None), Invite.expires_at > now)
+        select(Invite).where(col(Invite.code_hash).in_(hashes), col(Invite.used_at).is_(None), Invite.expires_at > now)
     ).first()
+
+
+def create_link_code(session: Session, *, therapist_id: int, code: str, now: datetime, ttl: timedelta) -> Invite:
+    """A therapist's one-time code that links a chat account to them (stored as its keyed hash)."""
+    invite = Invite(code_hash=crypto.code_hash(code), therapist_id=therapist_id, created_at=now, expires_at=now + ttl)
+    session.add(invite)
+    session.flush()
+    return invite
 
 
 def join_failures_since(
@@ -279,6 +307,19 @@ def current_homework(session: Session, *, client_id: int) -> Homework | None:
         )
         .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
     ).first()
+
+
+def open_delivered_homework(session: Session, *, client_id: int) -> Sequence[Homework]:
+    """Every delivered open homework, newest first: what "done" may refer to when there is more than one."""
+    return session.exec(
+        select(Homework)
+        .where(
+            Homework.client_id == client_id,
+            Homework.status == HomeworkStatus.OPEN,
+            col(Homework.delivered_at).is_not(None),
+        )
+        .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
+    ).all()
 
 
 def undelivered_homework(session: Session, *, client_id: int) -> Homework | None:
@@ -355,11 +396,20 @@ def occasion_counts(session: Session, *, homework_id: int, since: datetime) -> d
     return {status: count for status, count in rows}
 
 
-def undeliverable_since(session: Session, *, client_id: int, since: datetime, reason: str) -> int:
-    """Messages to this client's chats that failed for ``reason`` (e.g. outside WhatsApp's window) since ``since``."""
+REMINDER_PROMPTS: Final = ("nudge.reminder", "nudge.follow_up")
+"""The prompt keys of reminders and follow-ups: the messages that may go as a WhatsApp template."""
+
+
+def undeliverable_since(session: Session, *, client_id: int, since: datetime, reason: str) -> tuple[int, int]:
+    """Messages to this client's chats that failed for ``reason`` (e.g. outside WhatsApp's window) since ``since``.
+
+    Returns (all of them, how many were reminders or follow-ups), told apart by
+    the prompt key each outbox row records.
+    """
     chats = select(Identity.channel, Identity.address).where(Identity.client_id == client_id)
-    return session.exec(
-        select(func.count())
+    reminder = case((col(OutboxMessage.prompt_key).in_(REMINDER_PROMPTS), 1), else_=0)
+    total, reminders = session.exec(
+        select(func.count(), func.coalesce(func.sum(reminder), 0))
         .select_from(OutboxMessage)
         .where(
             tuple_(col(OutboxMessage.channel), col(OutboxMessage.address)).in_(chats),
@@ -367,6 +417,7 @@ def undeliverable_since(session: Session, *, client_id: int, since: datetime, re
             OutboxMessage.last_error == reason,
         )
     ).one()
+    return int(total), int(reminders)
 
 
 # --- outbox ------------------------------------------------------------------

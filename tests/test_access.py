@@ -137,12 +137,27 @@ def test_the_audit_log_records_reads_and_changes_without_content(companion: Comp
 
 
 def test_the_audit_log_is_append_only_in_the_database(companion: Companion) -> None:
+    """UPDATE, DELETE (one row or all) and TRUNCATE are refused by the database itself, on both databases.
+
+    PostgreSQL's row triggers never fire for TRUNCATE, which used to empty the log; SQLite has no
+    TRUNCATE, and its DELETE-everything shortcut still fires the row trigger.
+    """
     _dana_with_sam(companion)
-    for statement in ("UPDATE auditentry SET action = 'nothing'", "DELETE FROM auditentry"):
+    with companion.db.engine.connect() as connection:
+        before = connection.execute(text("SELECT COUNT(*) FROM auditentry")).scalar_one()
+    statements = [
+        "UPDATE auditentry SET action = 'nothing'",
+        "UPDATE auditentry SET detail = '{}' WHERE id = 1",
+        "DELETE FROM auditentry WHERE id = 1",
+        "DELETE FROM auditentry",
+    ]
+    if companion.db.dialect == "postgresql":
+        statements += ["TRUNCATE auditentry", "TRUNCATE TABLE auditentry RESTART IDENTITY CASCADE"]
+    for statement in statements:
         with pytest.raises(DBAPIError, match="append-only"), companion.db.engine.begin() as connection:
             connection.execute(text(statement))
-    with companion.db.unit_of_work() as session:
-        assert session.exec(select(AuditEntry)).first() is not None
+    with companion.db.engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM auditentry")).scalar_one() == before > 0
 
 
 def test_companion_audit_shows_a_clients_entries(sqlite_companion: Companion, sqlite_url: str, tmp_path: Path) -> None:

@@ -74,6 +74,29 @@ def test_not_doing_it_starts_problem_solving_not_scolding(sqlite_companion: Comp
         assert debrief.obstacle == "I was too tired after work"
 
 
+def test_didnt_do_it_with_two_open_homeworks_asks_which(sqlite_companion: Companion, dana: Chat, sam: Chat) -> None:
+    """It used to attach to the newest homework without asking."""
+    dana.send("/homework Sam\ntitle: Thought record\nwhat: one record a day\nrationale: catching the thought")
+    dana.send("save")
+    sam.open()
+    sam.send("it helps me notice")
+    sam.send("8")
+    sam.send("8")  # importance
+    asked = sam.send("didn't do it")
+    assert "more than one homework open" in asked
+    assert "Thought record" in asked and "Exposure ladder step 2" in asked
+    assert "What got in the way" in sam.send("2")  # the second offered: the older, the exposure
+    sam.send("I was ill")
+    sam.send("a shorter queue")
+    with sqlite_companion.db.unit_of_work() as session:
+        (obstacle,) = session.exec(select(Debrief).where(Debrief.kind == DebriefKind.OBSTACLE)).all()
+        homework = session.get(Homework, obstacle.homework_id)
+        assert homework is not None and homework.title == "Exposure ladder step 2"
+        assert obstacle.obstacle == "I was ill"
+    assert "more than one homework open" in sam.send("done")  # "done" asks too
+    assert "What happened" in sam.send("Thought record")  # a title answers as well as a number
+
+
 def test_low_confidence_offers_a_smaller_version_and_tells_the_therapist(
     sqlite_companion: Companion, dana: Chat
 ) -> None:
@@ -117,8 +140,8 @@ def test_pause_resume_and_stop(sqlite_companion: Companion, dana: Chat, sam: Cha
     assert "Sam paused" in dana.open()
     assert "on again" in sam.send("/resume")
     stopped = sam.send("/stop")
-    assert "won't send you any more messages" in stopped
-    assert "Sam sent /stop" in dana.open()
+    assert "won't send you any more messages" in stopped and "send /resume" in stopped
+    assert "Sam asked to stop" in dana.open()
     # While stopped: no homework goes out, and every message gets the same short reply.
     dana.send("/homework Sam\ntitle: Third step\nwhat: queue")
     assert "They are stopped" in dana.send("save")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import inspect
+from sqlalchemy import select as select_table
 from sqlmodel import Session, SQLModel, select
 from typer.testing import CliRunner
 
@@ -152,6 +154,37 @@ def test_delete_asks_first_then_erases_everything_and_tells_the_therapist(compan
         assert entry.client_id == client_id and "Sam" not in json.dumps(entry.detail)
     # The chat is a stranger's now: a "done" explains how to join, and nothing of Sam's comes back.
     assert "to join" in sam.send("done").casefold()
+
+
+def _stored_text(session: Session) -> Iterator[tuple[str, str]]:
+    """(table, row as text) for every row of every table in the schema, encrypted columns decrypted."""
+    for table in SQLModel.metadata.sorted_tables:
+        for row in session.execute(select_table(table)).mappings():
+            yield table.name, json.dumps({k: str(v) for k, v in row.items()}, ensure_ascii=False)
+
+
+def test_after_delete_nothing_in_any_table_names_or_quotes_the_client(
+    companion: Companion, clock: FrozenClock
+) -> None:
+    """Walks every row of every table, decrypted, after /delete and the next housekeeping.
+
+    It used to find the therapist's earlier /clients and caseload replies naming Sam in the outbox, and
+    Sam's chat id in the dialog state and in the goodbye row.
+    """
+    dana, sam = _sams_week(companion)
+    assert "Sam" in dana.send("/clients") and "Sam" in dana.send("/digest")
+    sam.send("/delete")
+    sam.send("yes")
+    dana.open()
+    clock.advance(timedelta(days=1, minutes=1))
+    from scheduler.sweep import purge as sweep_purge
+
+    sweep_purge(db=companion.db, engine=companion.engine, policy=companion.settings.retention_policy())
+    traces = ("Sam", "client:sam", WORDS, "hopeless", "Bus practice", "slept badly", "the fear passes")
+    with companion.db.unit_of_work() as session:
+        rows = list(_stored_text(session))
+    leftovers = [(table, trace) for table, row in rows for trace in traces if trace.casefold() in row.casefold()]
+    assert leftovers == []
 
 
 def test_export_and_forget_for_operators(companion: Companion, db_url: str, tmp_path: Path) -> None:

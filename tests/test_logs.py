@@ -107,7 +107,7 @@ def run_flow(companion: Companion, twilio: FakeTwilioAPI) -> None:
 
 
 def assert_clean(output: str) -> None:
-    for secret in (BOT_TOKEN, SLACK_TOKEN, APP_TOKEN, PHONE, PHONE[1:], "7911 123456", TEST_DATA_KEY):
+    for secret in (BOT_TOKEN, SLACK_TOKEN, APP_TOKEN, PHONE, PHONE[1:], "7911 123456", TEST_DATA_KEY, SECRET):
         assert secret not in output, f"{secret!r} leaked into the logs:\n{output}"
 
 
@@ -140,7 +140,27 @@ def test_the_debug_flag_announces_itself_and_still_masks_tokens_and_numbers(
     assert "WARNING" in first and logs.LOG_TEXT_WARNING in first
     # python-telegram-bot's own debug output now flows (with the bot token in its URLs)...
     assert "Calling Bot API endpoint `sendMessage`" in output and "Set Bot API URL" in output
+    assert "Calling Bot API endpoint `setWebhook`" in output  # its parameters held the webhook secret in clear
     assert_clean(output)  # ...and is masked all the same
+    for reveals in ("client text", "SQL statements with their parameters", "failed validation", "stay masked"):
+        assert reveals in first  # the warning says exactly what the flag lets through
+
+
+def test_configured_secrets_are_masked_by_value_in_every_mode(tmp_path: Path) -> None:
+    """A secret in a shape no pattern knows (a library's repr, an error message) is still masked."""
+    secret, signing, password = "plain words secret", "0f1e2d3c4b5a", "hunter2-db-pass"
+    settings = Settings(
+        config_dir=tmp_path,
+        TELEGRAM_WEBHOOK_SECRET=secret,
+        SLACK_SIGNING_SECRET=signing,
+        DATABASE_URL=f"postgresql://companion:{password}@db/x",
+    )
+    for log_text in (False, True):
+        out = io.StringIO()
+        logs.configure(settings.model_copy(update={"log_text": log_text}), stream=out)
+        logging.getLogger("telegram.ext").warning("odd reply <%s> / %s / (%s)", secret, signing, password)
+        assert secret not in out.getvalue() and signing not in out.getvalue() and password not in out.getvalue()
+        assert "<secret>" in out.getvalue()
 
 
 def test_the_debug_flag_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -193,6 +213,11 @@ def test_configuring_again_replaces_the_handler(tmp_path: Path) -> None:
         ("Authorization: Bearer abc.def-ghi_jkl", "Authorization: Bearer <redacted>"),
         ("postgresql://companion:hunter2@db:5432/x", "postgresql://<credentials>@db:5432/x"),
         ("GET /hook?token=s3cret&x=1", "GET /hook?token=<redacted>&x=1"),
+        (
+            "parameters `{'url': 'https://x/h', 'secret_token': 'abc-DEF_1'}`",
+            "parameters `{'url': 'https://x/h', 'secret_token': '<redacted>'}`",
+        ),
+        ('{"signing_secret": "s3cr3t", "n": 1}', '{"signing_secret": "<redacted>", "n": 1}'),
         ("[parameters: ('I feel awful', 3)]", "[parameters: <redacted>]"),
         ("input_value='I feel awful', input_type=str", "input_value=<redacted>, input_type=str"),
     ],

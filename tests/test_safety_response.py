@@ -245,7 +245,8 @@ def cli_config(tmp_path: Path) -> Iterator[Path]:
 
 def test_companion_tick_runs_the_sweep(cli_config: Path) -> None:
     result = CliRunner().invoke(app, ["tick", "--config", str(cli_config)])
-    assert result.exit_code == 0 and "0 nudge(s) sent" in result.output and "0 alert(s) re-sent" in result.output
+    assert result.exit_code == 0 and "0 nudge(s) queued" in result.output and "0 alert(s) queued again" in result.output
+    assert "`companion run` delivers them" in result.output  # tick queues; it sends nothing itself
 
 
 def test_an_open_therapist_console_shows_the_alert_within_5_seconds(sqlite_companion: Companion, sam: Chat) -> None:

@@ -195,6 +195,62 @@ def test_link_invite_homework_modal_digest_and_alert(
         assert session.exec(select(Identity).where(Identity.channel == "slack")).one().therapist_id == 1
 
 
+INJECTION = "<https://evil.example|click here> <!channel> & <@U0BOSS>"
+
+
+def test_client_text_cannot_inject_mrkdwn_into_any_message_to_slack(
+    service: Companion, fake: FakeSlackAPI, tmp_path: Path
+) -> None:
+    """A client's words used to reach the therapist unescaped in plain replies and in the text of alerts and digests.
+
+    ``&``, ``<`` and ``>`` are escaped in every ``text`` posted, so a link, an @channel or a mention stays text.
+    """
+    add_therapist(service)
+    code = link(service, tmp_path)
+
+    async def scenario(h: Harness) -> None:
+        await h.command("/companion", f"link {code}")
+        dana = Chat(service, "therapist", "Dana")
+        sam = join(service, dana, "Sam", "sam")
+        dana.send(f"/homework Sam\ntitle: Bus {INJECTION}\nwhat: ride two stops\nrationale: the fear passes")
+        dana.send("save")
+        sam.open()
+        for answer in (f"so I learn {INJECTION}", "8", "done", f"rode it {INJECTION}", "x", "y", "z", "4"):
+            sam.send(answer)
+        sam.send(f"I'm going to kill myself tonight {INJECTION}")
+        await h.deliver()
+        await h.command("/companion", "digest Sam")
+        await h.command("/companion", "homeworks Sam")
+
+    run(service, scenario)
+    posted = fake.posted(DANA)
+    assert any("URGENT" in p.get("text", "") for p in posted)
+    assert any(p.get("blocks") and "Digest for Sam" in p.get("text", "") for p in posted)
+    carrying = [p["text"] for p in posted if "evil.example" in p.get("text", "")]
+    assert len(carrying) >= 3  # the alert, the digest's fallback text and the plain /homeworks reply
+    for text in carrying:
+        assert "<https://evil.example" not in text and "<!channel>" not in text and "<@U0BOSS>" not in text, text
+        assert "&lt;!channel&gt;" in text and "&amp;" in text
+
+
+def test_starting_with_the_token_in_the_environment_logs_no_bolt_warning(
+    sqlite_url: str,
+    clock: FrozenClock,
+    tmp_path: Path,
+    fake: FakeSlackAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every start logged bolt's "As you gave client as well, token will be unused": it looked misconfigured."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)  # as `companion run` has it
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
+    with caplog.at_level("DEBUG"):
+        companion = make_companion(sqlite_url, clock, tmp_path, slack={"api_base_url": fake.base_url})
+    assert companion.slack is not None
+    assert "will be unused" not in caplog.text
+    companion.db.dispose()
+
+
 @pytest.mark.parametrize("how", ["unsigned", "forged", "stale"])
 def test_unverified_requests_are_401_and_touch_nothing(service: Companion, fake: FakeSlackAPI, how: str) -> None:
     add_therapist(service)

@@ -16,7 +16,7 @@ from bot.cli import app as cli
 from bot.http import create_app
 from bot.wiring import Companion
 from dialogs.clock import FrozenClock
-from storage import Invite, ProcessedInbound, SafetyFlag
+from storage import Invite, ProcessedInbound, SafetyFlag, crypto
 from tests.conftest import make_companion
 from tests.fake_http import made_up_token
 from tests.fake_slack import block_action, slash_command
@@ -171,7 +171,8 @@ def test_commands_and_the_alert_button_over_socket_mode(
         assert (await h.command("invite Sam")).payload is None
         invite = await h.posted(lambda text: "Invite for Sam" in text)
         with service.db.unit_of_work() as session:
-            assert invite_code(invite) in {i.code for i in session.exec(select(Invite)).all()}
+            stored = {i.code_hash for i in session.exec(select(Invite)).all()}
+            assert crypto.code_hash(invite_code(invite)) in stored  # stored only as its keyed hash
 
         # An envelope nothing listens to (an app_mention event): bolt answers 404, so no ack, and nothing changes.
         before = processed()

@@ -506,3 +506,23 @@ def test_a_therapist_links_telegram_and_uses_the_commands_there(
         assert "code didn't work" in await h.say(3003, f"/start {code}")  # single use
 
     run(service, fake, True, scenario)
+
+
+def test_an_invite_made_on_the_console_carries_the_telegram_link_once_the_service_has_run(
+    sqlite_url: str, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The console's /invite never showed the t.me link: only `companion run` (which calls getMe) added it."""
+    with FakeBotAPI() as fake:
+        service = telegram_companion(sqlite_url, clock, tmp_path, fake, webhook=True)
+
+        async def main() -> None:
+            async with Harness(service, fake, webhook=True):
+                pass  # the service starts once: getMe tells it the bot's username
+
+        asyncio.run(main())
+        service.db.dispose()
+        console = telegram_companion(sqlite_url, clock, tmp_path, fake, webhook=True)  # `companion chat`, later
+        add_therapist(console)
+        invite = Chat(console, "therapist", "Dana").send("/invite Kim")
+        assert f"https://t.me/{fake.username}?start={invite_code(invite)}" in invite
+        console.db.dispose()

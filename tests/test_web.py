@@ -119,6 +119,47 @@ def test_a_sign_in_link_works_once_and_starts_a_strict_http_only_session(
         assert {"dashboard.link", "dashboard.signin", "dashboard.caseload.read"} <= actions
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://127.0.0.1.evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://other.127.0.0.1"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": BASE},  # a forged-looking pair: either one refuses
+    ],
+    ids=["other-origin", "null-origin", "lookalike-origin", "cross-site", "same-site", "mixed"],
+)
+def test_a_cross_site_login_is_refused_and_leaves_the_link_usable(
+    web: tuple[Companion, TestClient], headers: dict[str, str]
+) -> None:
+    """Login CSRF: a page elsewhere posting its own link used to sign the visitor in as whoever issued it."""
+    companion, client = web
+    dana, _, _ = setup_week(companion)
+    token = link_from(dana)
+    refused = client.post("/dashboard/login", data={"token": token}, headers=headers, follow_redirects=False)
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    with companion.db.unit_of_work() as session:
+        assert session.exec(select(WebToken).where(WebToken.kind == "session")).all() == []
+    # The same link, posted from the page itself, still works: as Chromium sends it under our
+    # Referrer-Policy: no-referrer (Origin null, Sec-Fetch-Site same-origin).
+    same = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    response = client.post("/dashboard/login", data={"token": token}, headers=same, follow_redirects=False)
+    assert response.status_code == 303 and f"{COOKIE}=" in response.headers["set-cookie"]
+
+
+def test_a_login_behind_a_proxy_accepts_the_public_origin(sqlite_url: str, clock: FrozenClock, tmp_path: Path) -> None:
+    companion = make_companion(sqlite_url, clock, tmp_path, web={"base_url": "https://companion.example.org"})
+    with TestClient(create_app(companion, background=False), base_url="http://10.0.0.5:8080") as client:
+        add_therapist(companion)
+        token = link_from(Chat(companion, "therapist", "Dana"))
+        headers = {"Origin": "https://companion.example.org", "Sec-Fetch-Site": "same-origin"}
+        response = client.post("/dashboard/login", data={"token": token}, headers=headers, follow_redirects=False)
+        assert response.status_code == 303
+    companion.db.dispose()
+
+
 def test_an_expired_link_and_an_expired_session_are_refused(
     web: tuple[Companion, TestClient], clock: FrozenClock
 ) -> None:

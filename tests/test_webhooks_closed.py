@@ -86,3 +86,69 @@ def test_the_cli_refuses_to_start_a_channel_without_its_secret(
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(cli, ["db", "upgrade", "--config", str(path)])
     assert result.exit_code == 2 and f"error: {message}" in result.output
+
+
+SECRET_VARIABLES = [
+    "DATABASE_URL",
+    "COMPANION_DATA_KEY",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+]
+# Everything a channel needs, so that only the blank variable is wrong.
+FULL_CONFIG = (
+    "telegram:\n  webhook_url: https://companion.example.org/telegram/hook\n"
+    "whatsapp:\n  from_number: '+14155238886'\n  public_url: https://companion.example.org/whatsapp/inbound\n"
+)
+FULL_ENV = {
+    "TELEGRAM_BOT_TOKEN": "123456:TEST-TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET": "a-webhook-secret",
+    "SLACK_BOT_TOKEN": "xoxb-x",
+    "SLACK_SIGNING_SECRET": "a-signing-secret",
+    "SLACK_APP_TOKEN": "xapp-x",
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "an-auth-token",
+}
+
+
+@pytest.mark.parametrize("blank", ["", "  \t"], ids=["empty", "whitespace"])
+@pytest.mark.parametrize("variable", SECRET_VARIABLES)
+def test_an_empty_secret_is_missing_and_the_service_refuses_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, blank: str
+) -> None:
+    """An empty TWILIO_AUTH_TOKEN used to open the WhatsApp webhook (Twilio's validator accepts an empty key).
+
+    Every secret, blank, stops every command with one line naming it, before anything is served.
+    """
+    path = tmp_path / "config.yaml"
+    path.write_text("database:\n  path: c.db\n" + FULL_CONFIG, encoding="utf-8")
+    for name, value in FULL_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(variable, blank)
+    result = CliRunner().invoke(cli, ["db", "upgrade", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {variable} is empty"), line
+    assert "Traceback" not in result.output
+
+
+def test_an_empty_auth_token_can_never_verify_a_whatsapp_signature(sqlite_companion: Companion) -> None:
+    """Defence in depth: the adapter itself refuses a blank token, whoever builds it."""
+    from twilio.rest import Client as TwilioClient
+
+    from channels.whatsapp import WhatsAppChannel
+
+    with pytest.raises(ValueError, match="auth token"):
+        WhatsAppChannel(
+            client=TwilioClient("AC" + "0" * 32, "x"),
+            auth_token=" ",
+            from_number="+14155238886",
+            status_callback_url=None,
+            templates={},
+            db=sqlite_companion.db,
+            engine=sqlite_companion.engine,
+        )

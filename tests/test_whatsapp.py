@@ -200,8 +200,12 @@ def test_stop_mid_debrief_stops_everything_and_start_resumes(service: Companion,
         await h.say("8")
         await h.say("8")
         await h.say("done")
-        assert "won't send you any more messages" in await h.say("STOP")
-        assert "Sam sent /stop" in dana.open()
+        stopped = await h.say("STOP")
+        assert "won't send you any more messages" in stopped
+        # WhatsApp users opt back in with START: the reply used to tell them to send "/resume".
+        assert "send START" in stopped and "/resume" not in stopped
+        assert "Sam asked to stop" in (told := dana.open()) and "until they send START" in told
+        assert "Send START" in await h.say("hello")  # while stopped
         assert "on again" in await h.say("Start")
         assert "What you can send me" in await h.say("HELP")
 
@@ -259,7 +263,35 @@ def test_outside_the_window_without_a_template_nothing_is_sent_and_the_therapist
         failed = session.exec(select(OutboxMessage).where(OutboxMessage.last_error == "outside_window")).all()
         assert len(failed) == 1 and failed[0].failed_at is not None
     digest = Chat(service, "therapist", "Dana").send("/digest Sam")
-    assert "1 message(s) could not be sent: outside WhatsApp's 24-hour window" in digest
+    assert "1 message(s) could not be sent: outside WhatsApp's 24-hour window (1 reminder(s)" in digest
+
+
+def test_the_digest_names_what_could_not_be_sent_and_claims_nothing_about_templates(
+    sqlite_url: str, clock: FrozenClock, tmp_path: Path, fake: FakeTwilioAPI
+) -> None:
+    """It used to call every undeliverable message a reminder, and say "no template configured" when one was."""
+    companion = whatsapp_companion(
+        sqlite_url,
+        clock,
+        tmp_path,
+        fake,
+        nudge={"content_sid": "HX" + "1" * 32, "variables": {"1": "title", "2": "what"}},
+    )
+
+    async def scenario(h: Harness) -> None:
+        dana = await join_sam(h, companion)
+        clock.advance(days=2)  # outside the window: new homework is not a reminder, so no template can carry it
+        dana.send("/homework Sam\ntitle: Walk\nwhat: a 20 minute walk")
+        dana.send("save")
+        await h.deliver()
+
+    run(companion, fake, scenario)
+    digest = Chat(companion, "therapist", "Dana").send("/digest Sam")
+    # The new homework and its first question: neither is a reminder.
+    assert "2 message(s) could not be sent: outside WhatsApp's 24-hour window (0 reminder(s)" in digest
+    assert "2 other message(s)" in digest and "reminder(s) didn't reach" not in digest
+    assert "no template configured" not in digest
+    companion.db.dispose()
 
 
 def test_error_63016_is_recorded_not_looped(service: Companion, fake: FakeTwilioAPI, clock: FrozenClock) -> None:
@@ -358,6 +390,13 @@ def test_63016_reported_by_a_status_callback_is_recorded_not_retried(
     with service.db.unit_of_work() as session:
         row = session.exec(select(OutboxMessage).where(OutboxMessage.error_code == "63016")).one()
         assert row.last_error == "outside_window" and row.failed_at is not None
+
+
+def test_an_invite_made_on_the_console_carries_the_whatsapp_link(service: Companion) -> None:
+    """Without the HTTP service running (a console chat, `companion chat`): the wa.me link is there too."""
+    add_therapist(service)
+    invite = Chat(service, "therapist", "Dana").send("/invite Kim")
+    assert f"https://wa.me/{SENDER.lstrip('+')}?text=join%20{invite_code(invite)}" in invite
 
 
 def test_the_direct_safety_question_and_the_note_offer_in_numbered_replies(

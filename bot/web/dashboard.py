@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -153,8 +154,36 @@ def router(companion: Companion) -> APIRouter:
 
         return respond(request, await run_in_threadpool(unit))
 
+    def origin_of(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}".casefold()
+
+    def same_origin(request: Request) -> bool:
+        """Whether a POST comes from our own pages, by ``Sec-Fetch-Site``, else by ``Origin``.
+
+        The sign-in form has no session yet, so no CSRF secret: without this, a
+        page elsewhere could post its own link and sign the visitor in as its
+        issuer (login CSRF). Every current browser sends ``Sec-Fetch-Site``,
+        and it decides alone: our pages' ``Referrer-Policy: no-referrer`` makes
+        a browser send ``Origin: null`` even for our own form. Without it (an
+        older browser), ``Origin`` must be ours, and ``null`` is refused (fail
+        closed: such a browser cannot sign in). A request with neither header
+        is not a browser's cross-site one, so it is let through.
+        """
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = request.headers.get("origin")
+        if origin is None:
+            return True
+        ours = {origin_of(settings.web_base_url), origin_of(str(request.base_url))}
+        return origin.casefold() in ours
+
     @api.post("/login")
     async def login(request: Request) -> Response:
+        if not same_origin(request):
+            page = Page("error.html", {"message": prompts.text("web.csrf_refused")}, status=403)
+            return respond(request, page)
         token = str((await request.form()).get("token") or "")
 
         def unit() -> Page:
