@@ -5,7 +5,7 @@ nothing the export shows can be left behind by an erasure. A test holds the
 list against the schema: a new table with a ``client_id`` must be added here.
 
 What an erasure removes: the client's row, their chats (identities), invites,
-homework and its planned nudges, debriefs, log entries, safety flags,
+homework and its planned nudges, debriefs and their weekly sums, log entries, safety flags,
 therapist notes, LLM usage rows, the dialog state and wrong-code records of
 their chats, every outbox message to their chats (sent or pending), and every
 outbox message to anyone else that is *about* them (alerts, notices,
@@ -32,6 +32,7 @@ from storage import (
     Client,
     ConversationState,
     Debrief,
+    DebriefWeek,
     Homework,
     Identity,
     Invite,
@@ -48,6 +49,7 @@ FORMAT: Final = "homework-companion/client-export@1"
 
 CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
     Debrief,
+    DebriefWeek,
     LogEntry,
     Occasion,
     Homework,

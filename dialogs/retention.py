@@ -7,7 +7,7 @@ Two settings (``retention`` in config.yaml):
   handled platform messages. Dialog state is not a message: it is one row
   per chat, overwritten as the chat moves on.
 - ``records_days`` (default: keep): the clinical record the therapist reviews —
-  debriefs, log entries, settled safety flags and reminders, and closed
+  debriefs (and their weekly sums), log entries, settled safety flags and reminders, and closed
   homework with nothing left attached. Off by default because therapists
   usually must keep records for years; set it to what your practice's
   record-keeping rules say.
@@ -30,6 +30,7 @@ from sqlmodel import Session, col
 from dialogs import access
 from storage import (
     Debrief,
+    DebriefWeek,
     FlagLevel,
     Homework,
     HomeworkStatus,
@@ -75,6 +76,8 @@ def purge(session: Session, *, policy: RetentionPolicy, now: datetime) -> dict[s
         cutoff = now - policy.records
         run("logentry", delete(LogEntry).where(col(LogEntry.created_at) < cutoff))
         run("debrief", delete(Debrief).where(col(Debrief.started_at) < cutoff))
+        # The weekly sums go with the debriefs they summed (a week wholly before the cut-off).
+        run("debriefweek", delete(DebriefWeek).where(col(DebriefWeek.week) < (cutoff - timedelta(days=7)).date()))
         open_alert = and_(col(SafetyFlag.level) == FlagLevel.CRISIS, col(SafetyFlag.acknowledged_at).is_(None))
         run("safetyflag", delete(SafetyFlag).where(col(SafetyFlag.created_at) < cutoff, ~open_alert))
         settled = col(Occasion.status).in_(_SETTLED)  # answered, not reviewed, missed, skipped, cancelled

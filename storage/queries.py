@@ -8,7 +8,7 @@ so no handler can reach another therapist's client by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import cache
 from typing import Any, Final
 
@@ -21,6 +21,8 @@ from storage.models import (
     ConversationState,
     Debrief,
     DebriefStatus,
+    DebriefWeek,
+    FlagLevel,
     Homework,
     HomeworkStatus,
     Identity,
@@ -268,29 +270,116 @@ def record_join_failure(session: Session, *, channel: str, address: str, now: da
 # --- homework and what the client recorded ------------------------------------
 
 
+# Every query a turn makes is bounded by current state, never by a client's history: LIMIT 1 on
+# the ``ix_homework_current`` index. (Without the LIMIT the ORM builds, and decrypts, every row the
+# query matches before ``first()`` returns one: with 400 open homework that was most of a turn.)
+_CURRENT_HOMEWORK: Final = (  # built once: see _claim_statement
+    select(Homework)
+    .where(
+        col(Homework.client_id) == bindparam("client_id"),
+        col(Homework.status) == HomeworkStatus.OPEN,
+        col(Homework.delivered_at).is_not(None),
+    )
+    .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
+    .limit(1)
+)
+_UNDELIVERED_HOMEWORK: Final = (
+    select(Homework)
+    .where(
+        col(Homework.client_id) == bindparam("client_id"),
+        col(Homework.status) == HomeworkStatus.OPEN,
+        col(Homework.delivered_at).is_(None),
+    )
+    .order_by(col(Homework.id))
+    .limit(1)
+)
+
+
 def current_homework(session: Session, *, client_id: int) -> Homework | None:
-    """The most recently delivered open homework: what "done" refers to."""
-    return session.exec(
-        select(Homework)
-        .where(
-            Homework.client_id == client_id,
-            Homework.status == HomeworkStatus.OPEN,
-            col(Homework.delivered_at).is_not(None),
-        )
-        .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
-    ).first()
+    """The most recently delivered open homework: what "done" refers to (dialogs.history keeps it the only one)."""
+    return session.exec(_CURRENT_HOMEWORK, params={"client_id": client_id}).first()
 
 
 def undelivered_homework(session: Session, *, client_id: int) -> Homework | None:
+    """The oldest open homework not yet delivered: the next to deliver."""
+    return session.exec(_UNDELIVERED_HOMEWORK, params={"client_id": client_id}).first()
+
+
+def homework_since(session: Session, *, client_id: int, since: datetime, ids: Sequence[int] = ()) -> Sequence[Homework]:
+    """The homework a digest period shows, oldest first: set since ``since``, among ``ids``, or still current.
+
+    Current means the one "done" refers to (:func:`current_homework`) and any
+    not yet delivered; an older homework still open (kept open from before
+    dialogs.history closed them) is only counted, by the caller.
+    """
+    current = current_homework(session, client_id=client_id)
+    shown = (col(Homework.created_at) >= since) | (
+        (col(Homework.status) == HomeworkStatus.OPEN) & col(Homework.delivered_at).is_(None)
+    )
+    wanted = [*ids, *([current.id] if current is not None and current.id is not None else [])]
+    if wanted:
+        shown = shown | col(Homework.id).in_(wanted)
     return session.exec(
-        select(Homework)
-        .where(
-            Homework.client_id == client_id,
-            Homework.status == HomeworkStatus.OPEN,
-            col(Homework.delivered_at).is_(None),
+        select(Homework).where(Homework.client_id == client_id, shown).order_by(col(Homework.id)).limit(_SHOWN_LIMIT)
+    ).all()
+
+
+_SHOWN_LIMIT: Final = 50  # a period with more homework than this shows the first 50 (and counts the rest)
+
+
+def open_homework_count(session: Session, *, client_id: int) -> int:
+    return session.exec(
+        select(func.count())
+        .select_from(Homework)
+        .where(Homework.client_id == client_id, Homework.status == HomeworkStatus.OPEN)
+    ).one()
+
+
+def add_to_week(
+    session: Session, *, client_id: int, week: date, quantity: int | None, criteria_met: int | None
+) -> None:
+    """Add one completed debrief to the client's weekly sums (``DebriefWeek``): one upsert."""
+    values = {
+        "client_id": client_id,
+        "week": week,
+        "debriefs": 1,
+        "quantity_sum": quantity or 0,
+        "quantity_count": int(quantity is not None),
+        "criteria_met": criteria_met or 0,
+        "criteria_judged": int(criteria_met is not None),
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        row = session.exec(
+            select(DebriefWeek).where(DebriefWeek.client_id == client_id, DebriefWeek.week == week)
+        ).first() or DebriefWeek(client_id=client_id, week=week)
+        for key in _WEEK_SUMS:
+            setattr(row, key, getattr(row, key) + values[key])
+        session.add(row)
+        return
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = upsert(DebriefWeek).values(**values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["client_id", "week"],
+            set_={key: getattr(DebriefWeek, key) + getattr(statement.excluded, key) for key in _WEEK_SUMS},
         )
-        .order_by(col(Homework.id))
-    ).first()
+    )
+
+
+_WEEK_SUMS: Final = ("debriefs", "quantity_sum", "quantity_count", "criteria_met", "criteria_judged")
+
+
+def weeks_of(session: Session, *, client_id: int, first: date, last: date) -> dict[date, DebriefWeek]:
+    """The client's weekly sums from week ``first`` to week ``last`` (Mondays), by week."""
+    return {
+        row.week: row
+        for row in session.exec(
+            select(DebriefWeek).where(
+                DebriefWeek.client_id == client_id, DebriefWeek.week >= first, DebriefWeek.week <= last
+            )
+        )
+    }
 
 
 def homeworks_of(session: Session, *, client_id: int) -> Sequence[Homework]:
@@ -343,6 +432,20 @@ def flags_since(session: Session, *, client_id: int, since: datetime) -> Sequenc
         .where(SafetyFlag.client_id == client_id, SafetyFlag.created_at >= since)
         .order_by(col(SafetyFlag.created_at))
     ).all()
+
+
+def open_alerts_before(session: Session, *, client_id: int, before: datetime) -> int:
+    """Crisis alerts raised before ``before`` and still not acknowledged."""
+    return session.exec(
+        select(func.count())
+        .select_from(SafetyFlag)
+        .where(
+            SafetyFlag.client_id == client_id,
+            SafetyFlag.level == FlagLevel.CRISIS,
+            col(SafetyFlag.acknowledged_at).is_(None),
+            SafetyFlag.created_at < before,
+        )
+    ).one()
 
 
 def occasion_counts(session: Session, *, homework_id: int, since: datetime) -> dict[str, int]:
