@@ -87,15 +87,16 @@ def one_client(levels: list[int], window: int) -> list[dict[str, Any]]:
         for message in (f"/start {code}", "yes", "London", "6pm"):
             sam.send(message)
         timings: dict[str, list[tuple[float, float]]] = {}
+        measured = False
+
+        def step(name: str, action: Callable[[], Any]) -> None:
+            took = _timed(action)
+            if measured:
+                timings.setdefault(name, []).append(took)
+
         for cycle in range(1, max(levels) + 1):
             measured = any(level - window < cycle <= level for level in levels)
-
-            def step(name: str, action: Callable[[], Any], *, measured: bool = measured) -> None:
-                took = _timed(action)
-                if measured:
-                    timings.setdefault(name, []).append(took)
-
-            step("set homework", lambda: dana.send(TASK.format(n=cycle)))
+            step("set homework", lambda n=cycle: dana.send(TASK.format(n=n)))
             sam.send("To find out whether I really faint")
             sam.send("8")
             clock.advance(hours=26)  # the next morning, after the first nudge
@@ -119,7 +120,7 @@ def one_client(levels: list[int], window: int) -> list[dict[str, Any]]:
                     row[name] = (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
                 row["digest_chars"] = len(dana.send("/digest Sam"))
                 results.append(row)
-                timings = {}
+                timings.clear()
                 print(f"level {cycle}: " + ", ".join(f"{k} {_ms(v)}" for k, v in row.items() if isinstance(v, tuple)))
         companion.db.dispose()
     return results
