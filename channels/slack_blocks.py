@@ -6,7 +6,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from dialogs.digest import Caseload, CaseloadRow, ClientDigest, DebriefView, FlagView, HomeworkView
-from dialogs.digest_text import NUDGE_STATUSES, _amount, _percent, _when, quantity_fields, quote, rubric
+from dialogs.digest_text import (
+    NUDGE_STATUSES,
+    _amount,
+    _percent,
+    _when,
+    older_open_line,
+    quantity_fields,
+    quote,
+    rubric,
+)
 from prompts import Prompts
 
 Block = dict[str, Any]
@@ -250,6 +259,9 @@ def digest_messages(digest: ClientDigest, prompts: Prompts) -> list[list[Block]]
         units.append(_sections([_bold(_fill(prompts, "digest.no_homework"))]))
     for homework in digest.homeworks:
         units += _homework(prompts, digest, homework)
+    older = older_open_line(digest, prompts)
+    if older:
+        units.append(_context([escape(older)]))
     if digest.logs:
         lines = [_bold(_fill(prompts, "digest.logs_header", client=digest.client))]
         lines += ["• " + _fill(prompts, "digest.log_line", when=_when(m, tz), text=quote(x)) for m, x in digest.logs]
