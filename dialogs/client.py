@@ -23,6 +23,10 @@ def _client(turn: Turn) -> tuple[int, int]:
     return turn.client.id, turn.client.therapist_id
 
 
+# Idle chat data: free text the companion offered to keep as a note (the answer comes next).
+NOTE_OFFER: Final = "note_offer"
+
+
 def _therapist_name(turn: Turn) -> str:
     therapist = turn.session.get(Therapist, _client(turn)[1])
     return therapist.name if therapist else ""
@@ -33,6 +37,15 @@ def idle(turn: Turn) -> None:
     client = turn.client
     assert client is not None
     command, rest = split_command(turn.text)
+    offered = turn.state.data.get(NOTE_OFFER)
+    if offered is not None:  # the answer to "shall I keep that as a note?", or a new message
+        turn.state.data = {k: v for k, v in turn.state.data.items() if k != NOTE_OFFER}
+        if command is None and turn.is_("yes"):
+            _save_log(turn, str(offered), None)
+            return
+        if command is None and turn.is_("no"):
+            turn.say("client.note_not_kept")
+            return
     if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete"):
         turn.say("client.while_stopped")
         return
@@ -53,12 +66,15 @@ def idle(turn: Turn) -> None:
         cmd_later(turn, "")
     elif turn.is_("acknowledgement"):
         turn.say("client.acknowledged")
+    elif turn.risk_noted:
+        pass  # the screen's check-in answered it, and the therapist will see it on the flag
     elif len(turn.text.split()) < 2:
         turn.say("client.not_understood")
     else:
         # Free text outside any flow is rarely nonsense: it is something the client wanted to say.
-        # Offer to keep it for the therapist (one tap), and say what the companion can do.
-        turn.goto("note_offer", "confirm", text=turn.text)
+        # Offer to keep it for the therapist (one tap), and say what the companion can do. The chat
+        # stays idle (reminders and new homework are not held back by an unanswered offer).
+        turn.state.data = {**turn.state.data, NOTE_OFFER: turn.text}
         turn.say("client.note_offer", kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
 
 
@@ -492,18 +508,6 @@ def _save_log(turn: Turn, text: str, homework_id: int | None) -> None:
     turn.say("log.saved")
 
 
-def note_offer_step(turn: Turn) -> None:
-    """The answer to "shall I keep that as a note?"; anything else is read as a new message."""
-    if turn.is_("yes"):
-        _save_log(turn, str(turn.data.get("text", "")), None)
-    elif turn.is_("no"):
-        turn.idle()
-        turn.say("client.note_not_kept")
-    else:
-        turn.idle()
-        idle(turn)
-
-
 def log_step(turn: Turn) -> None:
     if turn.state.step == "text":
         _log_text(turn, turn.text)
@@ -543,7 +547,6 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "debrief": debrief_step,
     "obstacle": obstacle_step,
     "log": log_step,
-    "note_offer": note_offer_step,
     "delete": delete_step,
     "snooze": lambda turn: snooze_step(turn),
 }

@@ -34,6 +34,7 @@ from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from dialogs import access, history
+from dialogs.guard import describe_signals
 from dialogs.homework import SPECIFICITY
 from dialogs.messages import Outbound, about_client, enqueue
 from dialogs.nudges import SweepCounts, next_weekly
@@ -355,7 +356,7 @@ def build_client_digest(
     )
     homeworks = tuple(_homework_view(session, prompts, h, in_period, start, now) for h in shown)
     flags = tuple(
-        FlagView(f.id or 0, f.level, tuple(f.reasons), f.created_at, f.text, f.acknowledged_at)
+        FlagView(f.id or 0, f.level, _flag_reasons(prompts, f), f.created_at, f.text, f.acknowledged_at)
         for f in q.flags_since(session, client_id=client.id or 0, since=start)
     )
     logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
@@ -684,3 +685,11 @@ def send_due_digests(
             )
         therapist.weekly_digest_due = next_weekly(therapist.weekly_digest or "", therapist.timezone, now)
         session.add(therapist)
+
+
+def _flag_reasons(prompts: Prompts, flag: SafetyFlag) -> tuple[str, ...]:
+    """The flag's reasons, then which layer of the screen said what (and the direct question's answer)."""
+    # The word rules' findings are the reasons themselves: the layers are worth a line when another said something.
+    if not any(row.get("layer") != "lexicon" for row in flag.signals or ()):
+        return tuple(flag.reasons)
+    return (*flag.reasons, f"[{describe_signals(prompts, flag.signals)}]")

@@ -201,6 +201,8 @@ class Engine:
             turn.goto("join", "timezone", client_id=turn.client.id)
             turn.say("join.ask_timezone")
             return
-        # Any command leaves the current flow (answers so far are saved) and runs.
-        turn.idle()
+        # Any command leaves the current flow (answers so far are saved) and runs. An idle chat keeps
+        # its data: a note offered there is answered by this message (dialogs.client.idle).
+        if turn.state.flow != IDLE:
+            turn.idle()
         client_flows.idle(turn)

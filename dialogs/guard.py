@@ -74,6 +74,7 @@ def screen(turn: Turn) -> bool:
     if assessment.level == "concern" or assessment.ask:
         _flag(turn, FlagLevel.CONCERN, list(assessment.reasons), assessment)
         turn.say("safety.concern", therapist=therapist)
+        turn.risk_noted = True
     return _scope(turn, assessment, therapist)
 
 

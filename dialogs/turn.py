@@ -112,6 +112,8 @@ class Turn:
     llm_calls: int = 0
     # The client a therapist's command is about: its replies carry it, so an erasure finds them.
     about: int | None = None
+    # The screen flagged this message as a concern and said so: no further "what do you mean?".
+    risk_noted: bool = False
     # Clients erased in this turn: the engine deletes their vectors from the memory store too.
     forgotten: list[int] = field(default_factory=list)
 

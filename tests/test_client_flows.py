@@ -204,3 +204,19 @@ def test_a_redelivered_message_is_handled_once(sqlite_companion: Companion, sam:
 @given(text=st.text(max_size=300))
 def test_any_text_in_any_state_gets_a_reply_and_never_crashes(sam: Chat, text: str) -> None:
     assert sam.send(text).strip()
+
+
+def test_free_text_outside_a_flow_is_offered_as_a_note(sqlite_companion: Companion, sam: Chat) -> None:
+    reply = sam.send("had an awful day at work, my boss shouted at me again")
+    assert "keep it as a note for Dana" in reply and "/help" in reply and "(Yes · No)" in reply
+    assert "Noted" in sam.send("yes")
+    assert "keep it as a note" in sam.send("the bus was late again this morning")
+    assert "haven't kept it" in sam.send("no")
+    # An offer left unanswered holds nothing back: the next message is read as usual.
+    sam.send("I keep thinking about what he said")
+    assert "What happened" in sam.send("done")
+    with sqlite_companion.db.unit_of_work() as session:
+        notes = [e.text for e in session.exec(select(LogEntry))]
+        assert notes == ["had an awful day at work, my boss shouted at me again"]
+        state = session.exec(select(ConversationState).where(ConversationState.address == "client:sam")).one()
+        assert state.flow == "debrief"

@@ -19,7 +19,7 @@ from bot.wiring import Companion
 from channels.whatsapp import e164
 from dialogs.clock import FrozenClock
 from scheduler.sweep import sweep
-from storage import Client, ClientStatus, OutboxMessage, ProcessedInbound
+from storage import Client, ClientStatus, LogEntry, OutboxMessage, ProcessedInbound, SafetyFlag
 from tests.conftest import make_companion
 from tests.fake_twilio import FakeTwilioAPI, inbound_message, signed_headers, status_callback
 from tests.support import Chat, add_therapist, invite_code
@@ -355,3 +355,22 @@ def test_63016_reported_by_a_status_callback_is_recorded_not_retried(
     with service.db.unit_of_work() as session:
         row = session.exec(select(OutboxMessage).where(OutboxMessage.error_code == "63016")).one()
         assert row.last_error == "outside_window" and row.failed_at is not None
+
+
+def test_the_direct_safety_question_and_the_note_offer_in_numbered_replies(
+    service: Companion, fake: FakeTwilioAPI
+) -> None:
+    async def scenario(h: Harness) -> None:
+        await join_sam(h, service)
+        question = await h.say("honestly some days I wish I just wouldn't wake up")
+        assert "are you thinking about ending your life, or are you in danger right now?" in question
+        assert "(1 Yes · 2 No)" in question
+        answered = await h.say("2")  # a numbered reply: no
+        assert "Thank you for answering" in answered
+        assert "keep it as a note for Dana" in answered and "(1 Yes · 2 No)" in answered
+        assert "Noted" in await h.say("1")
+
+    run(service, fake, scenario)
+    with service.db.unit_of_work() as session:
+        assert [e.text for e in session.exec(select(LogEntry))] == ["honestly some days I wish I just wouldn't wake up"]
+        assert session.exec(select(SafetyFlag)).one().question_status == "no"
