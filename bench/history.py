@@ -351,7 +351,7 @@ def main() -> None:
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--levels", default="5,100,400")
-parser.add_argument("--window", type=int, default=5, help="cycles timed at each level (medians)")
+parser.add_argument("--window", type=int, default=9, help="cycles timed at each level (medians)")
 parser.add_argument("--clients", type=int, default=50)
 parser.add_argument("--weeks", type=int, default=104)
 parser.add_argument("--repeat", type=int, default=10)
