@@ -372,14 +372,15 @@ _WEEK_SUMS: Final = ("debriefs", "quantity_sum", "quantity_count", "criteria_met
 
 def weeks_of(session: Session, *, client_id: int, first: date, last: date) -> dict[date, DebriefWeek]:
     """The client's weekly sums from week ``first`` to week ``last`` (Mondays), by week."""
-    return {
-        row.week: row
-        for row in session.exec(
-            select(DebriefWeek).where(
-                DebriefWeek.client_id == client_id, DebriefWeek.week >= first, DebriefWeek.week <= last
-            )
-        )
-    }
+    params = {"client_id": client_id, "first": first, "last": last}
+    return {row.week: row for row in session.exec(_WEEKS_OF, params=params)}
+
+
+_WEEKS_OF: Final = select(DebriefWeek).where(
+    col(DebriefWeek.client_id) == bindparam("client_id"),
+    col(DebriefWeek.week) >= bindparam("first"),
+    col(DebriefWeek.week) <= bindparam("last"),
+)
 
 
 def homeworks_of(session: Session, *, client_id: int) -> Sequence[Homework]:
@@ -410,28 +411,35 @@ _DEBRIEF_WITH_HOMEWORK: Final = (  # built once: see _claim_statement
 )
 
 
+# The digest runs these for every client of a caseload: built once, with bind parameters (see
+# _claim_statement), because building a statement cost about as much as running it.
+_DEBRIEFS_SINCE: Final = (
+    select(Debrief)
+    .where(col(Debrief.client_id) == bindparam("client_id"), col(Debrief.started_at) >= bindparam("since"))
+    .order_by(col(Debrief.started_at))
+)
+_LOGS_SINCE: Final = (
+    select(LogEntry)
+    .where(col(LogEntry.client_id) == bindparam("client_id"), col(LogEntry.created_at) >= bindparam("since"))
+    .order_by(col(LogEntry.created_at))
+)
+_FLAGS_SINCE: Final = (
+    select(SafetyFlag)
+    .where(col(SafetyFlag.client_id) == bindparam("client_id"), col(SafetyFlag.created_at) >= bindparam("since"))
+    .order_by(col(SafetyFlag.created_at))
+)
+
+
 def debriefs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[Debrief]:
-    return session.exec(
-        select(Debrief)
-        .where(Debrief.client_id == client_id, Debrief.started_at >= since)
-        .order_by(col(Debrief.started_at))
-    ).all()
+    return session.exec(_DEBRIEFS_SINCE, params={"client_id": client_id, "since": since}).all()
 
 
 def logs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[LogEntry]:
-    return session.exec(
-        select(LogEntry)
-        .where(LogEntry.client_id == client_id, LogEntry.created_at >= since)
-        .order_by(col(LogEntry.created_at))
-    ).all()
+    return session.exec(_LOGS_SINCE, params={"client_id": client_id, "since": since}).all()
 
 
 def flags_since(session: Session, *, client_id: int, since: datetime) -> Sequence[SafetyFlag]:
-    return session.exec(
-        select(SafetyFlag)
-        .where(SafetyFlag.client_id == client_id, SafetyFlag.created_at >= since)
-        .order_by(col(SafetyFlag.created_at))
-    ).all()
+    return session.exec(_FLAGS_SINCE, params={"client_id": client_id, "since": since}).all()
 
 
 def open_alerts_before(session: Session, *, client_id: int, before: datetime) -> int:
