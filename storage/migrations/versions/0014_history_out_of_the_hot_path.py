@@ -39,6 +39,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_occasion_client_status", ["client_id", "status", "sent_at"], unique=False)
     with op.batch_alter_table("debrief", schema=None) as batch_op:
         batch_op.create_index("ix_debrief_client_started", ["client_id", "started_at"], unique=False)
+    with op.batch_alter_table("outboxmessage", schema=None) as batch_op:
+        batch_op.create_index("ix_outbox_failed", ["failed_at"], unique=False)
     op.create_table(
         "debriefweek",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -109,6 +111,8 @@ def downgrade() -> None:
     op.drop_table("debriefweek")
     with op.batch_alter_table("debrief", schema=None) as batch_op:
         batch_op.drop_index("ix_debrief_client_started")
+    with op.batch_alter_table("outboxmessage", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbox_failed")
     with op.batch_alter_table("occasion", schema=None) as batch_op:
         batch_op.drop_index("ix_occasion_client_status")
         batch_op.drop_index("ix_occasion_homework_status")
