@@ -1,12 +1,13 @@
 """Every benchmark in one command; prints a line per run as it goes and a table to paste into BENCHMARKS.md.
 
-    python -m bench [inbound] [outbound] [sweep] [digest] [history]   (default: all of them)
+    python -m bench [inbound] [outbound] [sweep] [digest] [kill] [history]   (default: all of them)
         [--backends sqlite,postgresql] [--workers 1,2] [--duration 15] [--quick]
 
     inbound   `companion run` (webhook) under Telegram-format load, with its memory, and the bare-stack ceiling
     outbound  the outbox sender to a fake platform, without and with rate limits
     sweep     bench.scheduler_sweep (100,000 due nudges)
     digest    bench.digest (50 clients x 8 weeks)
+    kill      bench.kill (`companion run` killed three times while 2,000 nudges go out)
     history   bench.history (one client at 5 / 100 / 400 homework; 50 clients x 2 years)
 
 PostgreSQL runs use a fresh schema in $COMPANION_BENCH_POSTGRES_URL (default
@@ -25,7 +26,7 @@ from typing import Any
 from bench import inbound, outbound
 from bench._support import load_average, machine
 
-ALL = ("inbound", "outbound", "sweep", "digest", "history")
+ALL = ("inbound", "outbound", "sweep", "digest", "kill", "history")
 
 
 def _run_module(module: str, *args: str) -> list[str]:
@@ -87,6 +88,12 @@ def main() -> None:
     if "digest" in which:
         for line in _run_module("bench.digest", "--repeat", "3" if args.quick else "10"):
             table.append(f"| digest, 50 clients x 8 weeks | sqlite | | {line.split(': ', 1)[1]} | {load_average()} |")
+    if "kill" in which:
+        nudges = "300" if args.quick else "2000"
+        for line in _run_module("bench.kill", "--nudges", nudges, "--backends", ",".join(args.backends)):
+            backend, _, result = line.removeprefix("kill ").partition(" ")
+            row = f"| kill -9 mid-dispatch | {backend} | {nudges} nudges | {result.strip()} | {load_average()} |"
+            table.append(row)
     if "history" in which:
         quick = ("--levels", "2,6", "--window", "2", "--weeks", "8", "--repeat", "2") if args.quick else ()
         _run_module("bench.history", *quick)  # prints its own two tables (levels of one client; the caseload)

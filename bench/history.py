@@ -97,8 +97,8 @@ def one_client(levels: list[int], window: int) -> list[dict[str, Any]]:
         for cycle in range(1, max(levels) + 1):
             measured = any(level - window < cycle <= level for level in levels)
             step("set homework", lambda n=cycle: dana.send(TASK.format(n=n)))
-            sam.send("To find out whether I really faint")
-            sam.send("8")
+            for answer in ("To find out whether I really faint", "8", "9"):  # own words, confidence, importance
+                sam.send(answer)
             clock.advance(hours=26)  # the next morning, after the first nudge
             sweep(db=companion.db, engine=companion.engine)
             step("done", lambda: sam.send("done"))

@@ -158,7 +158,7 @@ def chat(
                 )
                 raise typer.Exit(1)
             chat_address = console.address("therapist", therapist.name)
-    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address)
+    channel = console.ConsoleChannel(db=companion.db, engine=companion.engine, chat=chat_address, jobs=companion.jobs)
     interactive = sys.stdin.isatty()
     stop = threading.Event()
     if interactive:
@@ -181,6 +181,8 @@ def digest(
     from dialogs import access
     from dialogs.digest import build_caseload, build_client_digest
     from dialogs.digest_text import render_caseload_text, render_markdown, render_text
+    from dialogs.llm_steps import narrate, with_narrative
+    from storage import Client
 
     if format_ not in ("text", "md"):
         typer.echo("error: --format must be text or md", err=True)
@@ -199,7 +201,16 @@ def digest(
         if client is None:
             typer.echo(f"error: {owner.name} has no client called {name!r}", err=True)
             raise typer.Exit(1)
+        client_id = client.id
+    llm = companion.engine.llm
+    if llm is not None and client_id is not None:
+        # LLM mode: the narrative as /digest shows it, written (once per period) with no transaction open.
+        narrate(companion.db, llm=llm, prompts=prompts_, client_id=client_id, now=now)
+    with companion.db.unit_of_work() as session:
+        client = session.get(Client, client_id)
+        assert client is not None
         model = build_client_digest(session, prompts=prompts_, client=client, therapist=owner, now=now)
+        model = with_narrative(session, llm=llm, digest=model, prompts=prompts_, now=now)
         access.audit(session, actor=access.OPERATOR, action="digest.read", now=now, client=client)
     typer.echo(render_markdown(model, prompts_) if format_ == "md" else render_text(model, prompts_))
     if chart is not None:
@@ -426,6 +437,10 @@ def usage(
             labels[line.client_id] = (
                 f"{client.name} (#{client.id})" if client else f"#{line.client_id} (erased)" if line.client_id else "—"
             )
+    llm = companion.engine.llm
+    mode = f"on ({llm.provider} {llm.model}, at most {llm.max_concurrency} calls at once)" if llm else "off"
+    typer.echo(f"LLM mode: {mode}")
+    typer.echo(f"Memory: {companion.memory_status}")
     typer.echo(f"LLM usage since {since:%Y-%m-%d %H:%M} UTC ({period}):")
     typer.echo(
         f"{'client':<28} {'calls':>6} {'fallbacks':>9} {'input tokens':>13} {'output tokens':>13} {'est. cost':>10}"

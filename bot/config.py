@@ -202,6 +202,16 @@ class LlmSettings(_Section):
     timeout_seconds: float = Field(default=20, gt=0, le=120, description="a call's limit; then the scripted step")
     max_tokens: int = Field(default=400, ge=50, le=4000)
     base_url: str | None = Field(default=None, description="Ollama's address, or an OpenAI-compatible endpoint")
+    # Calls in flight at once, per process; more wait for a slot (queueing is not counted against the timeout).
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    # The longest a client waits for a reply in LLM mode (queue + call); then the scripted reply goes.
+    reply_deadline_seconds: float | None = Field(default=None, gt=0, le=300, description="default: timeout + 5 s")
+    # Provider failures (timeouts, errors) in a row before calls pause, and for how long.
+    pause_after_failures: int = Field(default=3, ge=1, le=100)
+    pause_seconds: float = Field(default=60, ge=0, le=3600)
+    # How structured replies are asked for: LangChain's default for the provider, or json_schema /
+    # function_calling / json_mode (a local OpenAI-compatible server may support only one).
+    structured_output: Literal["default", "json_schema", "function_calling", "json_mode"] = "default"
     # Model name → price per million tokens, for the estimate in `companion usage`.
     prices: dict[str, PriceSettings] = Field(default_factory=dict)
 
@@ -220,6 +230,9 @@ class MemorySettings(_Section):
     # all-MiniLM-L6-v2 shipped in the memory-local extra ("local", also the choice with Anthropic).
     embeddings: Literal["provider", "local"] = "provider"
     embedding_model: str | None = Field(default=None, description="e.g. text-embedding-3-small, nomic-embed-text")
+    # Where provider embeddings are served, when not at llm.base_url (llama.cpp and vLLM serve one model
+    # per process: the embedding model runs as a second server).
+    base_url: str | None = Field(default=None, description="an OpenAI-compatible or Ollama embeddings endpoint")
     top_k: int = Field(default=3, ge=1, le=10)
     timeout_seconds: float = Field(default=2, gt=0, le=30)
 

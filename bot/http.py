@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from bot.limits import BodyLimit
 from bot.wiring import Companion
 from channels.base import AsyncOutputChannel
-from channels.sender import OutboxSender, RateLimiter
+from channels.sender import OutboxSender, RateLimiter, SenderIdentity, SharedBudget
 from channels.telegram import ALLOWED_UPDATES, MalformedUpdate, secret_matches
 
 log = logging.getLogger("companion")
@@ -53,14 +53,18 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
     """
     settings = companion.settings
 
+    identity = SenderIdentity(companion.db)
+
     def sender(channel: AsyncOutputChannel, limits: Any) -> OutboxSender:
-        """An outbox sender for one push channel, at that platform's configured pace."""
+        """An outbox sender for one push channel, at that platform's configured pace shared by all processes."""
+        shared = SharedBudget(companion.db, channel.name, limits.messages_per_second)
         return OutboxSender(
             db=companion.db,
             channel=channel,
             clock=companion.clock,
             prompts=companion.engine.prompts,
-            limiter=RateLimiter(limits.messages_per_second, limits.per_chat_per_second),
+            limiter=RateLimiter(limits.messages_per_second, limits.per_chat_per_second, shared=shared),
+            identity=identity,
         )
 
     @asynccontextmanager
@@ -68,6 +72,8 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         app.state.senders = {}
+        if background:  # register, reclaim the leases of processes that are gone, then beat
+            await asyncio.to_thread(identity.start)
         telegram = companion.telegram
         if telegram is not None:
             await telegram.start()
@@ -111,6 +117,16 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             companion.engine.settings = dataclasses.replace(companion.engine.settings, join_links=links)
         if background:
             tasks.extend(asyncio.create_task(sender.run(stop)) for sender in app.state.senders.values())
+            senders = list(app.state.senders.values())
+
+            def wake_senders() -> None:
+                for each in senders:
+                    each.wake()
+
+            # A reply the job runner wrote goes out at once, not at the senders' next idle poll.
+            companion.engine.on_outbox = wake_senders
+            if companion.jobs is not None:
+                tasks.append(asyncio.create_task(companion.jobs.run(stop)))
         scheduler = None
         if run_scheduler:
             from scheduler.runner import start
@@ -128,6 +144,7 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(identity.stop)
             if socket_mode is not None:
                 await socket_mode.close_async()
             if telegram is not None:

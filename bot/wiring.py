@@ -15,6 +15,7 @@ from channels.whatsapp import WhatsAppChannel
 from dialogs.clock import Clock, OffsetClock, SystemClock
 from dialogs.engine import Engine
 from dialogs.llm import LanguageModel
+from dialogs.llm_jobs import JobRunner
 from storage import Database, crypto
 from storage.memory import Embedder, Memory
 
@@ -34,6 +35,9 @@ class Companion:
     telegram: TelegramChannel | None = None
     slack: SlackChannel | None = None
     whatsapp: WhatsAppChannel | None = None
+    # LLM mode's job runner (model calls and memory writes after each turn's commit); None without a model.
+    jobs: JobRunner | None = None
+    memory_status: str = "off"  # for `companion usage` / status: on (how), off, or why it cannot work
 
 
 def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = True) -> Companion:
@@ -45,13 +49,18 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
     if upgrade:
         db.upgrade()
     llm = language_model(settings)
+    memory, memory_status = memory_store(settings) if llm is not None else (None, "off (LLM mode is off)")
     engine = Engine(
         prompts=prompts.load(settings.dialog.locale),
         clock=clock,
         settings=settings.dialog_settings(),
         llm=llm,
-        memory=memory_store(settings) if llm is not None else None,
+        memory=memory,
     )
+    jobs = None
+    if llm is not None:
+        jobs = JobRunner(db=db, engine=engine)
+        engine.on_job = jobs.wake
     return Companion(
         settings=settings,
         db=db,
@@ -60,6 +69,8 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
         telegram=_telegram(settings, db, engine),
         slack=_slack(settings, db, engine),
         whatsapp=_whatsapp(settings, db, engine),
+        jobs=jobs,
+        memory_status=memory_status,
     )
 
 
@@ -99,29 +110,65 @@ def language_model(settings: Settings) -> LanguageModel | None:
         memory_k=settings.memory.top_k,
         memory_timeout=settings.memory.timeout_seconds,
         prompts=prompts.load_llm(settings.dialog.locale),
+        max_concurrency=config.max_concurrency,
+        pause_after_failures=config.pause_after_failures,
+        pause_seconds=config.pause_seconds,
+        reply_deadline=config.reply_deadline_seconds or config.timeout_seconds + 5,
+        structured_method=None if config.structured_output == "default" else config.structured_output,
     )
 
 
-def memory_store(settings: Settings) -> Memory | None:
-    """The per-client memory for LLM mode: embedded Chroma by default, a Chroma server with ``memory.chroma_url``."""
+def memory_store(settings: Settings) -> tuple[Memory | None, str]:
+    """The per-client memory for LLM mode and a one-line status: embedded Chroma, or a Chroma server.
+
+    Checked at start-up, not at the first remember: the embedder is loaded
+    (a local model) or asked for one embedding (a provider), so a memory
+    that cannot work is a start-up warning that names the fix, and LLM mode
+    runs on without it (the status says so in ``companion usage``). A
+    missing package stays an error: that is an install mistake.
+    """
     config = settings.memory
     if not config.enabled:
-        return None
+        return None, "off (memory.enabled: false)"
     try:
         from storage.memory import ChromaMemory
 
         embedder = _embedder(settings)
-        if config.chroma_url:
-            return ChromaMemory.server(config.chroma_url, embedder)
-        return ChromaMemory.persistent((settings.config_dir / config.path).resolve(), embedder)
     except ImportError as exc:
         hint = "pip install 'homework-companion[llm]', or set memory.enabled: false"
         raise WiringError(f"the memory needs chromadb ({hint}): {exc}") from exc
+    how = _embedder_label(settings)
+    try:
+        embedder.embed_query("warm-up")  # loads a local model now; proves a provider answers
+    except Exception as exc:  # the reason's class only: the provider's message may echo configuration
+        fix = (
+            "check memory.embedding_model and that memory.base_url (or llm.base_url) serves embeddings,"
+            " or set memory.embeddings: local"
+            if config.embeddings == "provider" and settings.llm.provider in ("openai", "ollama")
+            else "pip install 'homework-companion[memory-local]', or set memory.enabled: false"
+        )
+        log.warning("memory is OFF: %s embeddings failed at start-up (%s); fix: %s", how, exc.__class__.__name__, fix)
+        return None, f"off: {how} embeddings failed at start-up ({exc.__class__.__name__}); {fix}"
+    if config.chroma_url:
+        store: Memory = ChromaMemory.server(config.chroma_url, embedder)
+    else:
+        store = ChromaMemory.persistent((settings.config_dir / config.path).resolve(), embedder)
+    log.info("memory on: %s embeddings", how)
+    return store, f"on ({how} embeddings, {'Chroma server' if config.chroma_url else 'embedded Chroma'})"
+
+
+def _embedder_label(settings: Settings) -> str:
+    config, provider = settings.memory, settings.llm.provider
+    if config.embeddings == "provider" and provider in ("openai", "ollama"):
+        default = "text-embedding-3-small" if provider == "openai" else "nomic-embed-text"
+        return f"{provider} {config.embedding_model or default}"
+    return "local all-MiniLM-L6-v2"
 
 
 def _embedder(settings: Settings) -> Embedder:
     config, provider = settings.memory, settings.llm.provider
-    extra: dict[str, Any] = {"base_url": settings.llm.base_url} if settings.llm.base_url else {}
+    base_url = config.base_url or settings.llm.base_url
+    extra: dict[str, Any] = {"base_url": base_url} if base_url else {}
     if config.embeddings == "provider" and provider == "openai":
         from langchain_openai import OpenAIEmbeddings
 
@@ -129,6 +176,10 @@ def _embedder(settings: Settings) -> Embedder:
             model=config.embedding_model or "text-embedding-3-small",
             timeout=config.timeout_seconds,
             max_retries=0,
+            # Without these, OpenAIEmbeddings first downloads a tiktoken vocabulary (an internet fetch that
+            # fails offline and behind a local server) to split long texts; ours are short, sent as text.
+            check_embedding_ctx_length=False,
+            tiktoken_enabled=False,
             **extra,
         )
     if config.embeddings == "provider" and provider == "ollama":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from dialogs.messages import Outbound
+
+T = TypeVar("T")
 
 
 class OutputChannel(Protocol):
@@ -76,15 +79,51 @@ class Undeliverable(DeliveryError):
     """
 
 
+class Progress:
+    """How far a multi-part message got: parts the platform accepted before are never sent again.
+
+    ``done`` is the number of leading parts accepted in an earlier attempt;
+    a channel skips them and awaits :meth:`advance` after each further part
+    that is not the last (the sender records it in a short transaction of
+    its own, so a crash between two parts re-sends neither). This default
+    records nothing: for callers that send once, outside the outbox.
+    """
+
+    def __init__(self, done: int = 0) -> None:
+        self.done = done
+
+    async def advance(self, done: int) -> None:
+        self.done = done
+
+
+async def send_parts(
+    parts: Sequence[T], send_one: Callable[[T], Awaitable[str | None]], progress: Progress | None
+) -> str | None:
+    """Send ``parts`` in order, skipping those ``progress`` says were accepted; the last part's platform id."""
+    progress = progress or Progress()
+    platform_id = None
+    for index, part in enumerate(parts):
+        if index < progress.done:
+            continue
+        platform_id = await send_one(part)
+        if index < len(parts) - 1:
+            await progress.advance(index + 1)
+    return platform_id
+
+
 class AsyncOutputChannel(Protocol):
     """A push platform's outbound side, driven by :class:`channels.sender.OutboxSender`.
 
     :meth:`send` returns only when the platform accepted the whole message (with
-    the platform's id for it, where there is one, for status callbacks) and
-    raises a :class:`DeliveryError` subclass otherwise.
+    the platform's id for it, where there is one: status callbacks find the
+    row by it, and an ``edit`` message names it) and raises a
+    :class:`DeliveryError` subclass otherwise. A message the platform splits
+    into parts reports each accepted part to ``progress`` and skips the parts
+    it says were accepted before. A channel that cannot edit messages raises
+    :class:`Rejected` for an ``edit``.
     """
 
     @property
     def name(self) -> str: ...
 
-    async def send(self, address: str, message: Outbound) -> str | None: ...
+    async def send(self, address: str, message: Outbound, progress: Progress | None = None) -> str | None: ...

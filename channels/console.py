@@ -11,6 +11,7 @@ from typing import Final, TextIO
 
 from channels.base import render_plain
 from dialogs.engine import Engine
+from dialogs.llm_jobs import JobRunner
 from dialogs.messages import Inbound
 from dialogs.nudges import outbound
 from storage import Database
@@ -37,11 +38,16 @@ class ConsoleChannel:
     Messages for this participant that were queued while they were away (a
     homework the therapist set, later a nudge) are printed before any input
     is read. A row is marked sent only after it was written to ``out``.
+    In LLM mode (``jobs``) a line's model call runs after its commit and
+    the line's reply is printed once it is decided (reply or fallback).
     """
 
-    def __init__(self, *, db: Database, engine: Engine, chat: str, out: TextIO | None = None) -> None:
+    def __init__(
+        self, *, db: Database, engine: Engine, chat: str, out: TextIO | None = None, jobs: JobRunner | None = None
+    ) -> None:
         # sys.stdout is looked up now, not at import, so redirection works.
         self.db, self.engine, self.chat, self.out = db, engine, chat, out or sys.stdout
+        self.jobs = jobs
         # The watcher thread and the input loop both flush; one at a time, so
         # a row is never printed twice (SQLite has no row locks to prevent it).
         self._lock = threading.Lock()
@@ -84,6 +90,8 @@ class ConsoleChannel:
         inbound = Inbound(channel=NAME, address=self.chat, text=text, message_id=uuid.uuid4().hex)
         with self.db.unit_of_work() as session:
             self.engine.handle(session, inbound)
+        if self.jobs is not None:
+            self.jobs.run_pending(chat=(NAME, self.chat))  # the model call, outside the turn's transaction
         self.flush()
 
     def run(self, lines: Iterable[str], *, prompt: str = "") -> None:

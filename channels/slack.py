@@ -12,9 +12,9 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from channels.base import Rejected, RetryLater, Transient, Unreachable, render_plain
-from channels.slack_blocks import alert_blocks, digest_messages
-from dialogs import access
+from channels.base import Progress, Rejected, RetryLater, Transient, Unreachable, render_plain, send_parts
+from channels.slack_blocks import acknowledged_blocks, alert_blocks, digest_messages, plan_modal
+from dialogs import access, safety_plan
 from dialogs.digest import build_client_digest
 from dialogs.engine import Engine
 from dialogs.homework import missing_elements
@@ -22,11 +22,13 @@ from dialogs.llm_steps import with_narrative
 from dialogs.messages import Inbound, Outbound
 from storage import Client, Database, Therapist
 from storage import queries as q
+from storage.models import SAFETY_PLAN_FIELDS
 
 log = logging.getLogger("companion.slack")
 
 NAME: Final = "slack"
 MODAL: Final = "homework_modal"
+PLAN_MODAL: Final = "plan_modal"
 UNREACHABLE_ERRORS: Final = frozenset(
     {"channel_not_found", "user_not_found", "account_inactive", "is_archived", "not_in_channel", "user_disabled"}
 )
@@ -55,6 +57,9 @@ class SlackChannel:
         self.app.command("/homework")(self._homework)
         self.app.view(MODAL)(self._submit)
         self.app.action("ack_alert")(self._ack_alert)
+        self.app.command("/plan")(self._plan)
+        self.app.view(PLAN_MODAL)(self._submit_plan)
+        self.app.action("mark_reviewed")(self._ack_alert)  # the digest's button: its value is the command
 
     # --- inbound ------------------------------------------------------------------------
 
@@ -211,47 +216,132 @@ class SlackChannel:
         if missing:  # the engine shows its review for an incomplete homework; this submission says "save"
             await self._turn(user, "save", key + ":save")
 
+    async def _plan(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """``/plan [NAME]``: the safety plan modal, filled in with the named client's plan so far."""
+        found = self._therapist(body["user_id"])
+        if found is None:
+            await ack(text=self.engine.prompts.text("slack.not_linked"))
+            return
+        therapist, clients = found
+        if not clients:
+            await ack(text=self.engine.prompts.text("therapist.clients.empty"))
+            return
+        await ack()
+        named = " ".join((body.get("text") or "").split()).casefold()
+        chosen = next((c for c in clients if c.name_key == named), None)
+        current = await asyncio.to_thread(self._plan_values, therapist, chosen) if chosen else {}
+        view = plan_modal(self.engine.prompts, clients, chosen, current)
+        await self.client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    def _plan_values(self, therapist: Therapist, client: Client) -> dict[str, str]:
+        with self.db.unit_of_work() as session:
+            own = access.own_client(session, therapist_id=therapist.id or 0, client_id=client.id or 0)
+            plan = safety_plan.plan_of(session, own.id or 0) if own else None
+            if plan is None:
+                return {}
+            access.audit(
+                session,
+                actor=access.therapist_actor(therapist.id or 0),
+                action="plan.read",
+                now=self.engine.clock.now(),
+                client=own,
+                via="slack",
+            )
+            return {f: "\n".join(safety_plan.items(getattr(plan, f))) for f in SAFETY_PLAN_FIELDS}
+
+    async def _submit_plan(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """Only this therapist's own clients; the plan goes through the engine as ``/plan NAME`` + step lines."""
+        user = body["user"]["id"]
+        found = self._therapist(user)
+        values = view.get("state", {}).get("values", {})
+
+        def value(block: str) -> str:
+            element = values.get(block, {}).get("value", {})
+            chosen = element.get("selected_option") or {}
+            return str(element.get("value") or chosen.get("value") or "").strip()
+
+        t = self.engine.prompts.text
+        if found is None:
+            await ack(response_action="errors", errors={"client": t("slack.not_linked")})
+            return
+        name = value("client")
+        if not any(c.name == name for c in found[1]):
+            await ack(response_action="errors", errors={"client": t("slack.not_your_client")})
+            return
+        await ack()
+        # Lines inside a step become "; " (one line per step in the command); an emptied step is cleared.
+        lines = [f"/plan {name}"] + [
+            f"{f}: {'; '.join(safety_plan.items(value(f))) or '-'}" for f in SAFETY_PLAN_FIELDS
+        ]
+        await self._turn(user, "\n".join(lines), f"modal:{view.get('id')}:{view.get('hash')}")
+
     async def _ack_alert(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         await self._turn(body["user"]["id"], str(action.get("value") or ""), f"action:{body.get('trigger_id')}")
 
     # --- outbound ---------------------------------------------------------------------
 
-    async def send(self, address: str, message: Outbound) -> str | None:
-        """Post to a user (their DM with the app) or a channel, natively: Block Kit digests, alert buttons."""
+    async def send(self, address: str, message: Outbound, progress: Progress | None = None) -> str | None:
+        """Post to a user (their DM with the app) or a channel, natively: Block Kit digests, alert buttons.
+
+        The platform id is ``CHANNEL:TS`` of the last message posted (what
+        chat.update needs: the DM's channel id, not the user's); a digest's
+        parts (its messages, then the chart) are reported to ``progress``. An
+        ``edit`` updates the message it names with chat.update and no buttons.
+        """
         try:
+            if message.kind == "edit":
+                return await self._edit(message)
             if message.ref and message.ref.get("type") == "digest":
-                await self._send_digest(address, message)
-            elif message.kind == "alert" and message.options:
+                return await self._send_digest(address, message, progress)
+            if message.kind == "alert" and message.options:
                 option = message.options[0]
-                await self.client.chat_postMessage(
-                    channel=address, text=message.text, blocks=alert_blocks(message.text, option.value, option.label)
+                return _ts(
+                    await self.client.chat_postMessage(
+                        channel=address,
+                        text=message.text,
+                        blocks=alert_blocks(message.text, option.value, option.label),
+                    )
                 )
-            else:
-                await self.client.chat_postMessage(channel=address, text=render_plain(message)[:39000])
+            return _ts(await self.client.chat_postMessage(channel=address, text=render_plain(message)[:39000]))
         except SlackApiError as exc:
             raise _delivery_error(exc) from exc
         except (TimeoutError, OSError) as exc:
             raise Transient(exc.__class__.__name__) from exc
-        return None
 
-    async def _send_digest(self, address: str, message: Outbound) -> None:
+    async def _edit(self, message: Outbound) -> str:
+        target = str((message.ref or {}).get("platform_id") or "")
+        channel, _, ts = target.partition(":")
+        if not channel or not ts:
+            raise Rejected("nothing to edit")
+        await self.client.chat_update(
+            channel=channel, ts=ts, text=message.text[:3000], blocks=acknowledged_blocks(message.text)
+        )
+        return target
+
+    async def _send_digest(self, address: str, message: Outbound, progress: Progress | None) -> str | None:
         assert message.ref is not None
         model = await asyncio.to_thread(
             self._digest_model, int(message.ref["client_id"]), int(message.ref["therapist_id"])
         )
         if model is None:  # the client is gone: the text the outbox holds is still true
-            await self.client.chat_postMessage(channel=address, text=message.text[:39000])
-            return
-        for blocks in digest_messages(model, self.engine.prompts):
-            await self.client.chat_postMessage(channel=address, text=message.text[:3000], blocks=blocks)
+            return _ts(await self.client.chat_postMessage(channel=address, text=message.text[:39000]))
+        parts: list[list[Any] | None] = list(digest_messages(model, self.engine.prompts))
         if any(p.debriefs for p in model.trend):
+            parts.append(None)  # the chart, after the messages
+
+        async def one(blocks: list[Any] | None) -> str | None:
+            if blocks is not None:
+                return _ts(await self.client.chat_postMessage(channel=address, text=message.text[:3000], blocks=blocks))
             # The digest is delivered; the chart is a bonus. A failed upload is
             # logged, not retried, so the digest itself is never posted twice.
             try:
                 await self._upload_chart(address, model)
             except (SlackApiError, OSError) as exc:
                 log.warning("slack: the adherence chart could not be attached (%s)", exc.__class__.__name__)
+            return None
+
+        return await send_parts(parts, one, progress)
 
     async def _upload_chart(self, address: str, model: Any) -> None:
         from dialogs.digest_chart import adherence_png
@@ -332,6 +422,12 @@ def well_formed(body: Any) -> bool:
             for block in values.values()
         )
     )
+
+
+def _ts(response: Any) -> str | None:
+    """``CHANNEL:TS`` of a posted message, from chat.postMessage's answer."""
+    channel, ts = response.get("channel"), response.get("ts")
+    return f"{channel}:{ts}" if isinstance(channel, str) and isinstance(ts, str) else None
 
 
 def _delivery_error(exc: SlackApiError) -> Exception:

@@ -11,6 +11,9 @@ from dialogs.digest_text import (
     _amount,
     _percent,
     _when,
+    caseload_clinical,
+    clinical_lines,
+    measure_line,
     older_open_line,
     quantity_fields,
     quote,
@@ -251,6 +254,12 @@ def digest_messages(digest: ClientDigest, prompts: Prompts) -> list[list[Block]]
     if digest.flags:  # risk first: what the therapist must see before anything else
         risk = [_bold(_fill(prompts, "digest.risk_header")), *(_risk_line(prompts, digest, f) for f in digest.flags)]
         first += _sections(risk)
+    # The safety plan's status, the review count and the questionnaires (dialogs.safety_plan, review, measures).
+    clinical = [escape(line) for line in clinical_lines(prompts, digest)]
+    if digest.measures:
+        clinical.append(_bold(_fill(prompts, "measure.digest_header")))
+        clinical += ["• " + escape(measure_line(prompts, m, tz)) for m in digest.measures]
+    first += _sections(clinical)
     if digest.narrative:  # LLM mode: a summary on top of the data, marked as the model's
         header = _fill(prompts, "digest.narrative_header", when=_when(digest.narrative_at, tz))
         first += _sections([_bold(header), escape(digest.narrative)])
@@ -347,6 +356,10 @@ def _homework(prompts: Prompts, digest: ClientDigest, homework: HomeworkView) ->
     if homework.confidence is not None:
         smaller = t("digest.smaller") if homework.smaller_wanted else ""
         lines.append(_fill(prompts, "digest.confidence", confidence=homework.confidence, smaller=smaller))
+    if homework.importance is not None:
+        lines.append(_fill(prompts, "importance.digest", importance=homework.importance))
+    if homework.reviewed_at is not None:
+        lines.append(_fill(prompts, "review.digest_reviewed", when=_when(homework.reviewed_at, tz)))
     lines.append(_fill(prompts, "digest.quantity", **quantity_fields(homework)))
     if homework.debriefs:
         criteria = rubric(prompts, homework)
@@ -371,7 +384,21 @@ def _homework(prompts: Prompts, digest: ClientDigest, homework: HomeworkView) ->
             )
         )
     summary = [_divider(), *_sections(lines)]
+    if homework.reviewed_at is None:  # the review loop: one tap after the session
+        summary.append(review_button(prompts, digest.client, homework.id))
     return [summary + follow[0], *follow[1:]] if follow else [summary]
+
+
+def review_button(prompts: Prompts, client: str, homework_id: int) -> Block:
+    """The "Mark reviewed" button under a homework: a tap runs ``/reviewed NAME ID`` (action ``mark_reviewed``)."""
+    value = f"/reviewed {client} {homework_id}"[:VALUE_CHARS]
+    button = {
+        "type": "button",
+        "action_id": "mark_reviewed",
+        "text": {"type": "plain_text", "text": _clip(prompts.text("review.button"), BUTTON_CHARS), "emoji": True},
+        "value": value,
+    }
+    return {"type": "actions", "block_id": f"review-{homework_id}", "elements": [button]}
 
 
 def _debrief(prompts: Prompts, digest: ClientDigest, homework: HomeworkView, debrief: DebriefView) -> list[str]:
@@ -423,6 +450,8 @@ def _row(prompts: Prompts, caseload: Caseload, row: CaseloadRow) -> str:
             quality=_percent(row.quality),
             last_contact=_when(row.last_contact, caseload.timezone),
         ).rstrip()
+        + " · "
+        + escape(caseload_clinical(prompts, row, caseload.timezone))
     )
 
 
@@ -453,3 +482,51 @@ def alert_blocks(text: str, ack_value: str, ack_label: str) -> list[Block]:
         "style": "primary",
     }
     return [*sections, {"type": "actions", "elements": [button]}]
+
+
+def acknowledged_blocks(text: str) -> list[Block]:
+    """An alert after Acknowledge: the text that says who acknowledged and when, and no button left to press."""
+    body = escape(text)
+    if _size(body) > MESSAGE_CHARS:
+        body = body[: _cut(body, MESSAGE_CHARS - 1)].rstrip() + "…"
+    return _sections(body.split("\n"))[:MAX_BLOCKS]
+
+
+def plan_modal(
+    prompts: Prompts, clients: Sequence[Any], chosen: Any | None, current: Mapping[str, str]
+) -> dict[str, Any]:
+    """The safety plan modal: the client (one of the therapist's own) and the six steps, filled in with ``current``."""
+    t = prompts.text
+    options = [{"text": {"type": "plain_text", "text": c.name[:75]}, "value": c.name[:150]} for c in clients[:100]]
+    select: dict[str, Any] = {"type": "static_select", "action_id": "value", "options": options}
+    if chosen is not None:
+        select["initial_option"] = next(o for o in options if o["value"] == chosen.name[:150])
+    blocks: list[Block] = [
+        {"type": "section", "text": _mrkdwn(t("plan.slack_intro"))},
+        {
+            "type": "input",
+            "block_id": "client",
+            "label": {"type": "plain_text", "text": t("slack.client_label")},
+            "element": select,
+        },
+    ]
+    for field in ("warning_signs", "coping", "distractions", "people", "professionals", "environment"):
+        element: dict[str, Any] = {"type": "plain_text_input", "action_id": "value", "multiline": True}
+        if current.get(field):
+            element["initial_value"] = current[field][:3000]
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": field,
+                "optional": True,
+                "label": {"type": "plain_text", "text": t(f"plan.field.{field}")[:2000]},
+                "element": element,
+            }
+        )
+    return {
+        "type": "modal",
+        "callback_id": "plan_modal",
+        "title": {"type": "plain_text", "text": t("plan.slack_title")},
+        "submit": {"type": "plain_text", "text": t("slack.modal_submit")},
+        "blocks": blocks,
+    }

@@ -16,7 +16,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.warnings import PTBDeprecationWarning
 
-from channels.base import Rejected, Transient, Unreachable, render_plain, split_text
+from channels.base import Progress, Rejected, Transient, Unreachable, render_plain, send_parts, split_text
 from channels.base import RetryLater as RetryLaterError
 from dialogs.engine import Engine
 from dialogs.messages import Inbound, InboundKind, Option, Outbound, enqueue
@@ -243,20 +243,41 @@ class TelegramChannel:
 
     # --- outbound -----------------------------------------------------------------------
 
-    async def send(self, address: str, message: Outbound) -> str | None:
+    async def send(self, address: str, message: Outbound, progress: Progress | None = None) -> str | None:
+        """Deliver one outbox message; the platform id is the Telegram message id of its last part.
+
+        A text over 4,096 characters goes in parts, each reported to
+        ``progress``; an ``edit`` replaces the text of the message it names
+        (editMessageText, with no keyboard: its buttons are gone).
+        """
+        chat = int(address)
         if message.kind == "file":  # /mydata: one document rather than many messages
             filename = str((message.ref or {}).get("filename") or "data.json")
-            await self._call(self.bot.send_document(int(address), document=message.text.encode(), filename=filename))
-            return None
-        for text, markup in render(message):
-            await self._call(self.bot.send_message(chat_id=int(address), text=text, reply_markup=markup))
-        return None
+            sent = await self._call(self.bot.send_document(chat, document=message.text.encode(), filename=filename))
+            return _message_id(sent)
+        if message.kind == "edit":
+            target = str((message.ref or {}).get("platform_id") or "")
+            if not target.isdigit():
+                raise Rejected("nothing to edit")
+            text = split_text(message.text, MAX_TEXT)[0]
+            try:
+                await self._call(self.bot.edit_message_text(text, chat_id=chat, message_id=int(target)))
+            except Rejected as exc:
+                if "not modified" not in str(exc).lower():  # already shows this: the edit is done
+                    raise
+            return target
+
+        async def one(part: tuple[str, InlineKeyboardMarkup | None]) -> str | None:
+            text, markup = part
+            return _message_id(await self._call(self.bot.send_message(chat_id=chat, text=text, reply_markup=markup)))
+
+        return await send_parts(render(message), one, progress)
 
     @staticmethod
-    async def _call(request: Awaitable[object]) -> None:
+    async def _call(request: Awaitable[object]) -> object:
         """One Bot API call, its errors mapped to what the outbox sender does next."""
         try:
-            await request
+            return await request
         except RetryAfter as exc:
             raise RetryLaterError(_seconds(exc)) from exc
         except Forbidden as exc:
@@ -267,3 +288,8 @@ class TelegramChannel:
             raise Rejected(exc.message) from exc
         except (TimedOut, NetworkError) as exc:
             raise Transient(exc.__class__.__name__) from exc
+
+
+def _message_id(sent: object) -> str | None:
+    message_id = getattr(sent, "message_id", None)
+    return str(message_id) if isinstance(message_id, int) else None

@@ -18,7 +18,16 @@ from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client as TwilioClient
 
-from channels.base import Rejected, RetryLater, Transient, Undeliverable, Unreachable, split_text
+from channels.base import (
+    Progress,
+    Rejected,
+    RetryLater,
+    Transient,
+    Undeliverable,
+    Unreachable,
+    send_parts,
+    split_text,
+)
 from dialogs.engine import Engine
 from dialogs.messages import Inbound, InboundKind, Outbound
 from prompts import fold
@@ -214,6 +223,8 @@ class WhatsAppChannel:
             row.delivery_status, row.error_code = status, code
             if status in ("failed", "undelivered"):
                 if code in RETRYABLE_CODES:
+                    # The sid is the last part's; parts_sent still counts the parts before it, so only
+                    # the failed last part goes again.
                     row.sent_at, row.platform_id, row.next_attempt_at = None, None, now + timedelta(minutes=1)
                 elif code == WINDOW_CLOSED_CODE:
                     row.failed_at, row.last_error = now, OUTSIDE_WINDOW
@@ -231,12 +242,18 @@ class WhatsAppChannel:
             last = chat.last_inbound_at if chat else None
             return last is not None and self.engine.clock.now() - last < WINDOW
 
-    async def send(self, address: str, message: Outbound) -> str | None:
+    async def send(self, address: str, message: Outbound, progress: Progress | None = None) -> str | None:
+        """Deliver one outbox message: text in parts inside the 24-hour window (each reported to
+        ``progress``), a template outside it; the platform id is the last part's MessageSid.
+        WhatsApp messages cannot be edited (an ``edit`` is rejected)."""
+        if message.kind == "edit":
+            raise Rejected("whatsapp messages cannot be edited")
         if await asyncio.to_thread(self._window_open, address):
-            sid = None
-            for part in split_text(numbered(message), MAX_BODY):
-                sid = await self._create(address, body=part)
-            return sid
+
+            async def one(part: str) -> str | None:
+                return await self._create(address, body=part)
+
+            return await send_parts(split_text(numbered(message), MAX_BODY), one, progress)
         kind = (message.ref or {}).get("type")
         template = self.templates.get(kind) if isinstance(kind, str) else None
         if template is None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from dialogs import client_data, history, llm_steps, nudges
+from dialogs import client_data, history, llm_steps, measures, nudges, safety_plan
 from dialogs.digest import judged
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
@@ -16,6 +16,8 @@ from prompts import Extra
 from storage import ClientStatus, Debrief, DebriefKind, DebriefStatus, Homework, LogEntry, Occasion, Therapist
 from storage import queries as q
 from storage.models import OccasionStatus
+
+LOW_RATING: Final = 7  # below this confidence or importance, offer a smaller or reworked version
 
 
 def _client(turn: Turn) -> tuple[int, int]:
@@ -46,7 +48,8 @@ def idle(turn: Turn) -> None:
         if command is None and turn.is_("no"):
             turn.say("client.note_not_kept")
             return
-    if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete"):
+    # A stopped client can still read their own safety plan: it is for a crisis, not for homework.
+    if client.status == ClientStatus.STOPPED and command not in ("resume", "help", "mydata", "delete", "plan"):
         turn.say("client.while_stopped")
         return
     if command is not None:
@@ -206,10 +209,36 @@ def delivery_confidence(turn: Turn) -> None:
         return
     homework.confidence = confidence
     turn.session.add(homework)
-    # Below 7/10 the task is probably too big (CBT_HOMEWORK.md: calibrate).
-    if confidence < 7:
+    # Kazantzis' common language for homework: importance is rated beside confidence.
+    turn.step("importance")
+    turn.say("importance.ask", kind="scale", options=turn.scale(0, 10))
+
+
+def _low(homework: Homework) -> tuple[str, ...]:
+    """Which of the two ratings is below 7/10 (CBT_HOMEWORK.md: calibrate, make it matter)."""
+    return tuple(
+        name
+        for name, value in (("confidence", homework.confidence), ("importance", homework.importance))
+        if value is not None and value < LOW_RATING
+    )
+
+
+def delivery_importance(turn: Turn) -> None:
+    homework = _homework(turn)
+    if homework is None:
+        return
+    importance = turn.number(0, 10)
+    if importance is None:
+        turn.say("importance.bad", kind="scale", options=turn.scale(0, 10))
+        return
+    homework.importance = importance
+    turn.session.add(homework)
+    low = _low(homework)
+    if low:
+        # Below 7 on either: offer the smaller (low confidence) or reworked (low importance) version.
+        offer = "importance.offer_both" if len(low) == 2 else f"importance.offer_low_{low[0]}"
         turn.step("smaller")
-        turn.say("delivery.offer_smaller", kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
+        turn.say(offer, kind="choice", options=turn.yes_no(), therapist=_therapist_name(turn))
         return
     turn.idle()
     turn.say("delivery.ready")
@@ -226,12 +255,15 @@ def delivery_smaller(turn: Turn) -> None:
         name = _therapist_name(turn)
         turn.say("delivery.noted_smaller", therapist=name)
         assert turn.client is not None
+        low = " and ".join(turn.t(f"importance.low_{which}") for which in _low(homework)) or "—"
         turn.notify_therapist(
             homework.therapist_id,
-            "notify.smaller_version",
+            "importance.notify",
             client=turn.client.name,
             title=homework.title,
-            confidence=homework.confidence,
+            confidence=homework.confidence if homework.confidence is not None else "—",
+            importance=homework.importance if homework.importance is not None else "—",
+            low=low,
         )
     elif turn.is_("no"):
         turn.idle()
@@ -535,13 +567,18 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "quiet": cmd_quiet,
     "mydata": cmd_mydata,
     "delete": cmd_delete,
+    "plan": safety_plan.client_plan,
+    "questionnaire": measures.cmd_questionnaire,
 }
-THERAPIST_ONLY: Final = frozenset({"invite", "clients", "homeworks", "close", "session", "digest", "ack", "note"})
+THERAPIST_ONLY: Final = frozenset(
+    {"invite", "clients", "homeworks", "close", "session", "digest", "ack", "note", "measure", "reviewed"}
+)
 
 FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "delivery": lambda turn: {
         "own_words": delivery_own_words,
         "confidence": delivery_confidence,
+        "importance": delivery_importance,
         "smaller": delivery_smaller,
     }[turn.state.step](turn),
     "debrief": debrief_step,
@@ -549,4 +586,5 @@ FLOWS: Final[dict[str, Callable[[Turn], None]]] = {
     "log": log_step,
     "delete": delete_step,
     "snooze": lambda turn: snooze_step(turn),
+    measures.FLOW: measures.step,
 }

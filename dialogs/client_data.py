@@ -5,8 +5,10 @@ nothing the export shows can be left behind by an erasure. A test holds the
 list against the schema: a new table with a ``client_id`` must be added here.
 
 What an erasure removes: the client's row, their chats (identities), invites,
-homework and its planned nudges, debriefs and their weekly sums, log entries, safety flags,
-therapist notes, LLM usage rows, the dialog state and wrong-code records of
+homework and its planned nudges, debriefs and their weekly sums, log entries, safety flags, the
+safety plan, questionnaire answers and schedules,
+therapist notes, LLM usage rows, LLM mode's pending model jobs (their scripted
+replies unsent), the dialog state and wrong-code records of
 their chats, every outbox message to their chats (sent or pending), and every
 outbox message to anyone else that is *about* them (alerts, notices,
 digests; see :meth:`dialogs.messages.Outbound.about`). What stays: the audit
@@ -37,17 +39,24 @@ from storage import (
     Identity,
     Invite,
     JoinFailure,
+    LlmJob,
     LlmUsage,
     LogEntry,
+    MeasureResponse,
+    MeasureSchedule,
     Occasion,
     OutboxMessage,
     SafetyFlag,
+    SafetyPlan,
     TherapistNote,
 )
 
 FORMAT: Final = "homework-companion/client-export@1"
 
 CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
+    SafetyPlan,
+    MeasureResponse,
+    MeasureSchedule,
     Debrief,
     DebriefWeek,
     LogEntry,
@@ -56,6 +65,7 @@ CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
     SafetyFlag,
     TherapistNote,
     LlmUsage,
+    LlmJob,
     Invite,
     Identity,
 )
@@ -65,6 +75,8 @@ CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
 _INTERNAL: Final = frozenset(
     {"client_id", "therapist_id", "scheduled_day", "scheduled_count", "digest_sent_for", "name_key", "claimed_until"}
 )
+# The therapist's own words about the client (the private review note): in the operator's export, not in /mydata.
+_THERAPISTS_OWN: Final = frozenset({"review_note"})
 _BATCH: Final = 500
 
 
@@ -80,7 +92,7 @@ def _rows(session: Session, table: type[SQLModel], client_id: int) -> Sequence[A
 
 def _dump(row: SQLModel, *, internal: bool) -> dict[str, Any]:
     data = row.model_dump(mode="json")
-    return data if internal else {k: v for k, v in data.items() if k not in _INTERNAL}
+    return data if internal else {k: v for k, v in data.items() if k not in _INTERNAL | _THERAPISTS_OWN}
 
 
 def _chats(session: Session, client_id: int) -> list[tuple[str, str]]:
@@ -127,7 +139,7 @@ def export(session: Session, *, prompts: Prompts, client: Client, now: datetime,
         "client": _dump(client, internal=internal),
     }
     for table in CLIENT_TABLES:
-        if for_client and table in (TherapistNote, LlmUsage, Invite):
+        if for_client and table in (TherapistNote, LlmUsage, LlmJob, Invite):
             continue
         document[_name(table)] = [_dump(row, internal=internal) for row in _rows(session, table, client.id)]
     chats = _chats(session, client.id)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from dialogs import access, history
+from dialogs import access, history, measures, review, safety_plan
 from dialogs.guard import describe_signals
 from dialogs.homework import SPECIFICITY
 from dialogs.messages import Outbound, about_client, enqueue
@@ -54,17 +54,29 @@ from storage import (
     Therapist,
 )
 from storage import queries as q
-from storage.models import OccasionStatus
+from storage.models import BULK, OccasionStatus
 
 if TYPE_CHECKING:
     from dialogs.llm import LanguageModel
+    from dialogs.measures import MeasureView
+    from dialogs.review import ReviewCount
 
 DEFAULT_PERIOD: Final = timedelta(days=7)
 TREND_WEEKS: Final = 4
 SILENT_DAYS: Final = 5
 LOW_CONFIDENCE: Final = 7
 CRITERIA: Final = ("answered_all", "concrete", "surprise_or_learning", "record_complete", "close_to_event")
-ATTENTION: Final = ("risk", "unreachable", "opted_out", "not_done_twice", "silent", "low_confidence")
+ATTENTION: Final = (
+    "risk",
+    "no_plan",
+    "unreachable",
+    "opted_out",
+    "not_done_twice",
+    "silent",
+    "low_confidence",
+    "low_importance",
+    "not_reviewed",
+)
 """Caseload attention flags, most urgent first: the overview sorts by them."""
 _TEXT_ANSWERS: Final = ("what_happened", "surprised", "hard", "learned")
 _NUMBER: Final = re.compile(r"\d")
@@ -116,6 +128,9 @@ class HomeworkView:
     debriefs: tuple[DebriefView, ...]
     obstacles: tuple[DebriefView, ...]
     nudges: dict[str, int]
+    importance: int | None = None
+    reviewed_at: datetime | None = None  # the therapist's review mark (dialogs.review)
+    closed_at: datetime | None = None
 
     @property
     def attempted(self) -> int:
@@ -188,6 +203,11 @@ class ClientDigest:
     # LLM mode only: a short narrative written by the model on top of (never instead of) the data.
     narrative: str | None = None
     narrative_at: datetime | None = None
+    # Clinical depth (issue 20): the safety plan's last review, the questionnaires, the review count.
+    has_plan: bool = False
+    plan_reviewed: datetime | None = None
+    measures: tuple[MeasureView, ...] = ()
+    review: ReviewCount | None = None
 
     @property
     def opted_out(self) -> bool:
@@ -207,6 +227,10 @@ class CaseloadRow:
     quality: float | None
     last_contact: datetime | None
     attention: tuple[str, ...]
+    has_plan: bool = False
+    plan_reviewed: datetime | None = None
+    reviewed: tuple[int, int] | None = None  # (reviewed, of the last N closed homeworks)
+    measures: tuple[tuple[str, int, str], ...] = ()  # (name, latest score, band)
 
 
 @dataclass(frozen=True)
@@ -363,6 +387,7 @@ def build_client_digest(
     trend = _week_points(session, client, now)
     undeliverable = q.undeliverable_since(session, client_id=client.id or 0, since=start, reason="outside_window")
     older_alerts = q.open_alerts_before(session, client_id=client.id or 0, before=start)
+    plan_reviewed = safety_plan.reviewed_at(session, client.id or 0)
     digest = ClientDigest(
         **base,
         homeworks=homeworks,
@@ -373,6 +398,10 @@ def build_client_digest(
         undeliverable=undeliverable,
         older_open_homework=older_open,
         older_open_alerts=older_alerts,
+        has_plan=plan_reviewed is not None,
+        plan_reviewed=plan_reviewed,
+        measures=measures.digest_views(session, client_id=client.id or 0, locale=prompts.locale),
+        review=review.count(session, client_id=client.id or 0, titles_since=start),
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
 
@@ -413,6 +442,9 @@ def _homework_view(
         debriefs=tuple(v for v in mine if v.kind == DebriefKind.DEBRIEF),
         obstacles=tuple(v for v in mine if v.kind == DebriefKind.OBSTACLE),
         nudges=nudges,
+        importance=homework.importance,
+        reviewed_at=homework.reviewed_at,
+        closed_at=homework.closed_at,
     )
 
 
@@ -428,6 +460,18 @@ def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
     if open_risk:
         levels = " and ".join(sorted({f.level for f in open_risk}))
         items.append(AgendaItem("risk", {"levels": levels, "count": len(open_risk)}))
+        if not digest.has_plan:  # a client at risk without a safety plan: write one in this session
+            items.append(AgendaItem("plan_none", {}))
+    for m in digest.measures:
+        if m.item9 and m.when >= digest.start:
+            items.append(AgendaItem("measure_item9", {"name": m.name}))
+        if m.change is not None and m.change >= measures.WORSE_BY and m.score is not None:
+            items.append(
+                AgendaItem("measure_worse", {"name": m.name, "previous": m.previous, "score": m.score, "band": m.band})
+            )
+    for missed in digest.review.not_reviewed if digest.review else ():
+        if missed.closed_at >= digest.start:
+            items.append(AgendaItem("not_reviewed", {"title": missed.title, "id": missed.id}))
     debriefs = [(h, d) for h in digest.homeworks for d in h.debriefs]
     went_well = [(h, d) for h, d in debriefs if (d.quantity or 0) >= 3]
     if went_well:
@@ -452,6 +496,8 @@ def agenda(digest: ClientDigest) -> tuple[AgendaItem, ...]:
             items.append(AgendaItem("low_confidence", {"title": h.title, "confidence": h.confidence}))
         elif h.smaller_wanted:
             items.append(AgendaItem("smaller", {"title": h.title}))
+        if h.importance is not None and h.importance < LOW_CONFIDENCE:
+            items.append(AgendaItem("low_importance", {"title": h.title, "importance": h.importance}))
         if not h.own_words:
             items.append(AgendaItem("rationale", {"title": h.title}))
         unanswered = h.nudges.get(OccasionStatus.NOT_REVIEWED, 0)
@@ -497,6 +543,10 @@ def build_weekly(
                 quality=this_week.quality if this_week else None,
                 last_contact=client.last_contact_at,
                 attention=attention,
+                has_plan=digest.has_plan,
+                plan_reviewed=digest.plan_reviewed,
+                reviewed=(digest.review.reviewed, digest.review.total) if digest.review else None,
+                measures=tuple((m.name, m.score, m.band or "") for m in digest.measures if m.score is not None),
             )
         )
     rows.sort(
@@ -571,6 +621,8 @@ def _attention(client: Client, digest: ClientDigest, now: datetime, facts: _Fact
         f.level == FlagLevel.CRISIS and f.acknowledged_at is None for f in digest.flags
     ):
         flags.append("risk")
+        if not digest.has_plan:
+            flags.append("no_plan")
     if client.unreachable_at is not None:
         flags.append("unreachable")
     if client.status == ClientStatus.STOPPED:
@@ -587,6 +639,10 @@ def _attention(client: Client, digest: ClientDigest, now: datetime, facts: _Fact
         flags.append("silent")
     if any(h.confidence is not None and h.confidence < LOW_CONFIDENCE for h in digest.homeworks if h.status == "open"):
         flags.append("low_confidence")
+    if any(h.importance is not None and h.importance < LOW_CONFIDENCE for h in digest.homeworks if h.status == "open"):
+        flags.append("low_importance")
+    if digest.review is not None and any(m.closed_at >= digest.start for m in digest.review.not_reviewed):
+        flags.append("not_reviewed")
     return tuple(flags)
 
 
@@ -607,6 +663,32 @@ def plain_digest(session: Session, *, prompts: Prompts, client: Client, therapis
     )
 
 
+def due_digest_clients(session: Session, *, settings: DialogSettings, now: datetime) -> list[int]:
+    """The clients whose digest :func:`send_due_digests` would send now (read only, nothing locked).
+
+    LLM mode writes their narratives before that sweep, outside any
+    transaction (:func:`dialogs.llm_steps.narrate`); the sweep then only reuses them.
+    """
+    pre_session = session.exec(
+        select(Client.id).where(
+            col(Client.next_session_at).is_not(None),
+            col(Client.next_session_at) > now,
+            col(Client.next_session_at) <= now + settings.digest_lead,
+            or_(col(Client.digest_sent_for).is_(None), col(Client.digest_sent_for) != col(Client.next_session_at)),
+        )
+    ).all()
+    weekly = session.exec(
+        select(Client.id)
+        .join(Therapist, col(Therapist.id) == col(Client.therapist_id))
+        .where(
+            col(Therapist.weekly_digest_due).is_not(None),
+            col(Therapist.weekly_digest_due) <= now,
+            Client.status != ClientStatus.INVITED,
+        )
+    ).all()
+    return sorted({i for i in [*pre_session, *weekly] if i is not None})
+
+
 def send_due_digests(
     session: Session,
     *,
@@ -618,7 +700,8 @@ def send_due_digests(
 ) -> None:
     """Pre-session digests (``digest_lead`` before the appointment) and weekly ones, each sent once.
 
-    With ``llm`` (LLM mode) each client's digest gets a short narrative on top of its data.
+    With ``llm`` (LLM mode) each client's digest gets the short narrative written for it beforehand
+    (never a model call here, inside the transaction: see :func:`due_digest_clients`).
     """
     from dialogs.llm_steps import digest_message, with_narrative
 
@@ -637,7 +720,7 @@ def send_due_digests(
         chat = q.latest_identity(session, therapist_id=client.therapist_id)
         if therapist is not None and chat is not None:
             message = digest_message(session, llm=llm, prompts=prompts, client=client, therapist=therapist, now=now)
-            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
+            enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now, priority=BULK)
             access.audit(session, actor=access.SYSTEM, action="digest.sent", now=now, client=client)
             counts.digests += 1
         client.digest_sent_for = client.next_session_at
@@ -673,7 +756,7 @@ def send_due_digests(
                 if d.status != ClientStatus.INVITED
             ]
             for message in messages:
-                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now)
+                enqueue(session, channel=chat.channel, address=chat.address, message=message, now=now, priority=BULK)
                 counts.digests += 1
             access.audit(
                 session,

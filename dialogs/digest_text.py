@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
-from dialogs.digest import Caseload, ClientDigest, DebriefView, HomeworkView
+from dialogs.digest import Caseload, CaseloadRow, ClientDigest, DebriefView, HomeworkView
+from dialogs.measures import MeasureView
 from dialogs.timeparse import format_local, utc_to_local
 from prompts import Prompts
 
@@ -148,6 +149,7 @@ def _render(digest: ClientDigest, prompts: Prompts, doc: _Doc) -> str:
                     ack=ack,
                 ).rstrip()
             )
+    _clinical(doc, prompts, digest)
     if digest.narrative:
         # LLM mode: a summary on top of the data (never instead of it), marked as the model's.
         doc.heading(t("digest.narrative_header", when=_when(digest.narrative_at, tz)))
@@ -220,6 +222,10 @@ def _homework(doc: _Doc, prompts: Prompts, digest: ClientDigest, homework: Homew
     if homework.confidence is not None:
         smaller = t("digest.smaller") if homework.smaller_wanted else ""
         doc.line(t("digest.confidence", confidence=homework.confidence, smaller=smaller))
+    if homework.importance is not None:
+        doc.line(t("importance.digest", importance=homework.importance))
+    if homework.reviewed_at is not None:
+        doc.line(t("review.digest_reviewed", when=_when(homework.reviewed_at, tz)))
     doc.line(t("digest.quantity", **quantity_fields(homework)))
     if homework.debriefs:
         doc.line(t("digest.quality", count=len(homework.debriefs), criteria=rubric(prompts, homework)))
@@ -269,6 +275,77 @@ def _debrief(doc: _Doc, prompts: Prompts, digest: ClientDigest, homework: Homewo
         )
 
 
+def measure_line(prompts: Prompts, view: MeasureView, timezone: str) -> str:
+    """One questionnaire's digest line: score, band, change since the one before, and the trend."""
+    t = prompts.text
+    if view.score is None:
+        return t(
+            "measure.digest_unfinished",
+            name=view.name,
+            when=_when(view.when, timezone),
+            n=view.answered,
+            count=view.count,
+        )
+    change = ""
+    if view.change is not None and view.previous_when is not None:
+        change = t("measure.digest_change", delta=view.change, previous=_day(view.previous_when, timezone))
+    if view.item9:
+        change += t("measure.digest_item9", value=view.item9)
+    return t(
+        "measure.digest_line",
+        name=view.name,
+        score=view.score,
+        max=view.max_score,
+        band=t(f"measure.band.{view.band}"),
+        when=_when(view.when, timezone),
+        change=change,
+        trend=" → ".join(str(score) for _, score in view.trend),
+    )
+
+
+def clinical_lines(prompts: Prompts, digest: ClientDigest) -> list[str]:
+    """The safety plan's status, the questionnaires and the review count: the lines every rendering shows."""
+    t, tz = prompts.text, digest.timezone
+    lines = [t("plan.digest_has", when=_when(digest.plan_reviewed, tz)) if digest.has_plan else t("plan.digest_none")]
+    if digest.review is not None:
+        if digest.review.total:
+            lines.append(t("review.digest_count", reviewed=digest.review.reviewed, total=digest.review.total))
+        else:
+            lines.append(t("review.digest_none"))
+        # By name: what closed without a review since the last session (older ones are in the count).
+        for missed in (m for m in digest.review.not_reviewed if m.closed_at >= digest.start):
+            lines.append(
+                t("review.digest_not_reviewed", id=missed.id, title=missed.title, when=_when(missed.closed_at, tz))
+            )
+    return lines
+
+
+def _clinical(doc: _Doc, prompts: Prompts, digest: ClientDigest) -> None:
+    for line in clinical_lines(prompts, digest):
+        doc.line(line, 0)
+    if digest.measures:
+        doc.heading(prompts.text("measure.digest_header"))
+        for view in digest.measures:
+            doc.bullet(measure_line(prompts, view, digest.timezone))
+
+
+def caseload_clinical(prompts: Prompts, row: CaseloadRow, timezone: str) -> str:
+    """The caseload line's clinical part: the plan, the review count, the latest scores."""
+    t = prompts.text
+    parts = [
+        t("plan.caseload_has", when=_day(row.plan_reviewed, timezone))
+        if row.has_plan and row.plan_reviewed
+        else t("plan.caseload_none")
+    ]
+    if row.reviewed and row.reviewed[1]:
+        parts.append(t("review.caseload", reviewed=row.reviewed[0], total=row.reviewed[1]))
+    parts.extend(
+        t("measure.caseload_line", name=name, score=score, band=t(f"measure.band.{band}"))
+        for name, score, band in row.measures
+    )
+    return "; ".join(parts)
+
+
 def render_caseload_text(caseload: Caseload, prompts: Prompts) -> str:
     t, tz = prompts.text, caseload.timezone
     doc = _Doc()
@@ -289,5 +366,7 @@ def render_caseload_text(caseload: Caseload, prompts: Prompts) -> str:
                 last_contact=_when(row.last_contact, tz),
                 attention=t("digest.attention_line", flags=attention) if attention else "",
             ).rstrip()
+            + " · "
+            + caseload_clinical(prompts, row, tz)
         )
     return doc.render()

@@ -6,15 +6,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Final
 
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 from sqlmodel import Session
 
 from dialogs import client as client_flows
-from dialogs import guard, llm_steps, onboarding, therapist
+from dialogs import guard, llm_steps, measures, onboarding, safety_plan, therapist
 from dialogs.clock import Clock
 from dialogs.homework import deliver_pending
 from dialogs.llm import LanguageModel
-from dialogs.messages import Inbound
+from dialogs.llm_jobs import new_job, supersede
+from dialogs.messages import Inbound, outbox_row
 from dialogs.turn import IDLE, DialogSettings, Turn, clean_text, split_command
 from prompts import Prompts
 from storage import ClientStatus, OutboxMessage, Therapist
@@ -27,7 +28,10 @@ _CLIENT_FLOWS: Final[dict[str, Handler]] = {
     **client_flows.FLOWS,
     "join": lambda turn: onboarding.STEPS[turn.state.step](turn),
 }
-_THERAPIST_FLOWS: Final[dict[str, Handler]] = {therapist.DRAFT: therapist.draft_step}
+_THERAPIST_FLOWS: Final[dict[str, Handler]] = {
+    therapist.DRAFT: therapist.draft_step,
+    safety_plan.DRAFT: safety_plan.draft_step,
+}
 # A client's last contact is kept to the minute (the caseload shows it; "silent" counts days).
 LAST_CONTACT_RESOLUTION: Final = timedelta(minutes=1)
 
@@ -45,7 +49,10 @@ class Engine:
     records it wrote (debriefs, homework, notes) and the outbox rows land
     together or not at all. Turns of one chat are serialised by a row lock on
     its conversation state. The engine never talks to a platform; channel
-    adapters deliver the outbox.
+    adapters deliver the outbox. In LLM mode it never calls the model
+    either: a turn that wants a model reply writes a job instead of its
+    outbox rows (dialogs.llm_jobs), run after the commit; ``on_job`` and
+    ``on_outbox`` are the wake-up hints the composition root sets.
     """
 
     def __init__(
@@ -63,6 +70,13 @@ class Engine:
         # LLM mode (dialogs.llm_steps): both None unless an operator configured a provider.
         self.llm = llm
         self.memory = memory
+        # Wake-up hints set by the composition root: a turn committed a model job / outbox rows.
+        self.on_job: Callable[[], None] | None = None
+        self.on_outbox: Callable[[], None] | None = None
+
+    def notify_outbox(self) -> None:
+        if self.on_outbox is not None:
+            self.on_outbox()
 
     def handle(self, session: Session, inbound: Inbound) -> int:
         """Handle ``inbound``; returns how many outbox messages it queued (0 for a duplicate)."""
@@ -72,6 +86,9 @@ class Engine:
         state, who, therapist_, client_ = q.chat_context(
             session, channel=inbound.channel, address=inbound.address, now=now
         )
+        if self.llm is not None:
+            # A reply still waiting for the model is overtaken by this message: its scripted reply goes first.
+            supersede(session, state_id=state.id)
         debrief_id = state.data.get("debrief_id")
         # A debrief step reads its debrief and homework: one query here, none in the step. The
         # session holds loaded rows weakly, so keep them (and a client's therapist) for the turn.
@@ -111,30 +128,42 @@ class Engine:
         state.last_inbound_at = state.updated_at = now
         session.add(state)
         session.flush()
-        queued = [
-            {
-                "channel": channel,
-                "address": address,
-                "payload": message.to_payload(),
-                "created_at": now,
-                "attempts": 0,
-                "prompt_key": message.prompt_key,
-                "prompt_version": message.prompt_version,
-            }
-            for channel, address, message in turn.sends
-        ]
+        queued = [outbox_row(channel, address, message, now) for channel, address, message in turn.sends]
+        if turn.job is not None:
+            # LLM mode: the model is called after this commit; until its reply (or the deadline) the
+            # turn's messages wait in the job, so the client gets one coherent reply.
+            assert self.llm is not None
+            new_job(
+                session,
+                kind=turn.job["kind"],
+                now=now,
+                deadline=timedelta(seconds=self.llm.reply_deadline),
+                client_id=turn.job.get("client_id"),
+                state=state,
+                channel=inbound.channel,
+                address=inbound.address,
+                request=turn.job.get("request"),
+                fallback=queued,
+            )
+            turn.jobs_written += 1
+            queued = []
         if queued:  # one multi-row INSERT, in the order said
             session.execute(insert(OutboxMessage), queued)
         for client_id in turn.forgotten:
-            self.forget(client_id)
-        return len(queued)
+            if self.memory is not None:  # the vectors go after the erasure's commit, never inside it
+                new_job(session, kind="forget", now=now, deadline=timedelta(hours=1), request={"client_id": client_id})
+                turn.jobs_written += 1
+        if turn.jobs_written and self.on_job is not None:
+            event.listen(session, "after_commit", lambda _s: self.on_job and self.on_job(), once=True)
+        if queued and self.on_outbox is not None:
+            event.listen(session, "after_commit", lambda _s: self.notify_outbox(), once=True)
+        return len(queued) + (1 if turn.job is not None else 0)
 
     def forget(self, client_id: int) -> None:
-        """Delete what the memory store holds about an erased client.
+        """Delete what the memory store holds about an erased client (after the erasure committed).
 
-        Called as the erasure is flushed, before its commit: if the commit then
-        fails, the rows stay and only derived vectors are gone (they are
-        rebuilt from the rows as the client writes again).
+        A chat's ``/delete`` does it through a job written with the erasure
+        (dialogs.llm_jobs); the CLI calls this after its commit.
         """
         if self.memory is not None:
             self.memory.forget(client_id)
@@ -143,6 +172,7 @@ class Engine:
         # Safety first: every message not from a therapist is screened before
         # anything else, whatever its length and whatever the dialog state.
         if turn.therapist is None and turn.text and guard.screen(turn):
+            measures.after_screen(turn)  # a questionnaire paused by its safety question goes on
             return
         if turn.inbound.kind == "edited":
             return  # an edit is screened above, but never re-read as an answer

@@ -16,8 +16,9 @@ from typing import Any, Final
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
+from dialogs import safety_plan
 from dialogs.messages import Option, Outbound, about_client, enqueue
-from dialogs.safety import RiskAssessment, Signal, assess
+from dialogs.safety import Level, RiskAssessment, Signal, assess
 from dialogs.timeparse import format_local, zone_country
 from dialogs.turn import IDLE, DialogSettings, Turn, split_command
 from prompts import Prompts
@@ -215,7 +216,7 @@ def _settle_question(turn: Turn, waiting: dict[str, Any], outcome: str) -> Safet
 
 
 def parse_answer(prompts: Prompts, text: str) -> str | None:
-    """"yes", "no" or None for the direct question; a hesitant answer ("maybe", "kind of") is a yes.
+    """ "yes", "no" or None for the direct question; a hesitant answer ("maybe", "kind of") is a yes.
 
     The first word decides a longer answer ("no, I'm safe, just tired"); the
     rest of it has been screened like any message, so a crisis in it has
@@ -252,9 +253,7 @@ def _context(turn: Turn) -> str:
     return turn.t("safety.context_flow", flow=flow)
 
 
-def _flag(
-    turn: Turn, level: FlagLevel, reasons: Sequence[str], assessment: RiskAssessment | None = None
-) -> SafetyFlag:
+def _flag(turn: Turn, level: FlagLevel, reasons: Sequence[str], assessment: RiskAssessment | None = None) -> SafetyFlag:
     assert turn.client is not None and turn.client.id is not None
     flag = SafetyFlag(
         client_id=turn.client.id,
@@ -290,7 +289,12 @@ def _crisis(turn: Turn, assessment: RiskAssessment, *, flag: SafetyFlag | None =
     client.crisis_since = client.crisis_since or turn.now
     turn.session.add_all([flag, client])
     therapist = _therapist(turn)
-    turn.say("safety.crisis", resources=text, therapist=therapist.name)
+    # The client's own safety plan first (their coping steps, the people they named), when they have one.
+    own = safety_plan.crisis_reply(turn.session, turn.prompts, client, resources=text, therapist=therapist.name)
+    if own is not None:
+        turn.say_text(own.text, prompt=own.prompt_key)
+    else:
+        turn.say("safety.crisis", resources=text, therapist=therapist.name)
     chat = q.latest_identity(turn.session, therapist_id=therapist.id)
     if chat is not None:
         turn.send(chat, alert_message(turn.prompts, turn.settings, flag, client, therapist, context=context))
@@ -335,11 +339,12 @@ def alert_message(
     if again:
         body = prompts.text("safety.alert_again") + "\n" + body
     ack = Option(f"/ack {flag.id}", prompts.text("safety.ack_button"))
+    # "alert" lets the acknowledgement find every copy of this alert again and edit it (dialogs.therapist.cmd_ack).
     return Outbound(
         body,
         kind="alert",
         options=(ack,),
-        ref=about_client(flag.client_id),
+        ref={**(about_client(flag.client_id) or {}), "alert": flag.id},
         prompt_key="safety.alert",
         prompt_version=prompts.version,
     )
@@ -348,11 +353,13 @@ def alert_message(
 def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogSettings, now: datetime) -> int:
     """Send unacknowledged crisis alerts again once their time is up; returns how many.
 
-    The re-alert goes to every chat the therapist has linked other than the
-    one that got the first alert (or that one again if it is the only one),
-    and to the practice fallback contact when configured. Each alert is
-    escalated once; rows are claimed with ``SKIP LOCKED`` so several
-    processes never escalate the same alert twice.
+    The re-alert goes to every chat the therapist actually reads: every
+    linked platform chat (Slack, Telegram, WhatsApp, web), the first alert's
+    included; the console chat (which `companion therapist add` creates for
+    every therapist) only when it is the only one; and to the practice
+    fallback contact when configured. Each alert is escalated once; rows are
+    claimed with ``SKIP LOCKED`` so several processes never escalate the
+    same alert twice.
     """
     due = session.exec(
         select(SafetyFlag)
@@ -373,9 +380,9 @@ def escalate_due_alerts(session: Session, *, prompts: Prompts, settings: DialogS
         chats = list(
             session.exec(select(Identity).where(Identity.therapist_id == therapist.id).order_by(col(Identity.id)))
         )
-        first = chats[-1:] if chats else []
-        targets = [(c.channel, c.address) for c in chats if c not in first] or [(c.channel, c.address) for c in first]
-        if settings.fallback_contact:
+        platforms = [(c.channel, c.address) for c in chats if c.channel != q.CONSOLE]
+        targets = platforms or [(c.channel, c.address) for c in chats]
+        if settings.fallback_contact and settings.fallback_contact not in targets:
             targets.append(settings.fallback_contact)
         for channel, address in targets:
             enqueue(session, channel=channel, address=address, message=message, now=now)
@@ -426,3 +433,24 @@ def describe_signals(prompts: Prompts, rows: Sequence[dict[str, Any]] | None) ->
             detail = f"{detail} {score:.2f}".strip()
         parts.append(f"{layer}: {detail}")
     return "; ".join(parts)
+
+
+def escalate(turn: Turn, level: Level, reasons: Sequence[str]) -> None:
+    """A later layer (LLM mode's risk opinion) rates this message higher than the screen did: act on it.
+
+    Called in the second, short transaction of a model job, after the
+    screen's own (instant) reply went or was decided; it only raises:
+    ``crisis`` takes the screen's crisis path (reply, step stopped, nudges
+    held, therapist alerted), ``concern`` flags and checks in. Any other
+    level does nothing.
+    """
+    if level == "none":
+        return
+    # Recorded as the "llm" layer's verdict, so the therapist sees which layer fired (no score: an opinion).
+    signal = Signal(layer="llm", level=level, score=None, reason=reasons[0] if reasons else "opinion")
+    assessment = RiskAssessment(level, tuple(reasons), signals=(signal,))
+    if level == "crisis":
+        _crisis(turn, assessment)
+    elif turn.client is not None:
+        _flag(turn, FlagLevel.CONCERN, list(reasons), assessment)
+        turn.say("safety.concern", therapist=_therapist(turn).name)

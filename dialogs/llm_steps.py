@@ -4,14 +4,16 @@ Every function here is a no-op when no model is configured (``turn.llm``
 is None), so the scripted dialog is unchanged byte for byte; and each one
 falls back to the scripted step on any failure (see :mod:`dialogs.llm`).
 
-- **Reflection and extraction** (:func:`reflect`): after a free-text answer
-  in the debrief (or the obstacle talk), one call returns one or two
-  sentences reflecting the answer, at most one follow-up question, and the
-  facts the answer states (did it, amount, obstacles, emotions, ratings).
-  The reflection is said before the next scripted question; a follow-up
-  question is asked once per step, and its answer is added to the same
-  field. The client's message is screened for risk before the call, and
-  the reply after it.
+- **Reflection and extraction** (:func:`reflect`, then :func:`run_reply`
+  after the turn's commit): after a free-text answer in the debrief (or
+  the obstacle talk), one call returns one or two sentences reflecting the
+  answer, at most one follow-up question, the facts the answer states (did
+  it, amount, obstacles, emotions, ratings) and the model's opinion of the
+  risk (which can only raise the screen's level: :func:`dialogs.guard.escalate`).
+  The reflection goes out with the next scripted question, as one message;
+  a follow-up question is asked once per step, and its answer is added to
+  the same field. The client's message is screened for risk before the
+  call, and the reply after it.
 - **Confirmation** (:func:`confirm_extra`, :func:`confirm_quantity`,
   :func:`confirmed`): a number the model read in the prose is never stored
   as the client's until they confirm it; a number they did not write
@@ -19,8 +21,13 @@ falls back to the scripted step on any failure (see :mod:`dialogs.llm`).
 - **Memory** (:func:`remember`, :func:`_context`): completed debriefs, log
   entries and therapist notes are remembered per client; the few nearest
   to the current homework and answer ground the reflection.
-- **Narrative** (:func:`with_narrative`): two to four sentences on top of
-  the digest's data, at most one call per client per digest period.
+- **Narrative** (:func:`narrate`, outside any transaction; reused by
+  :func:`with_narrative` inside one): two to four sentences on top of the
+  digest's data, at most one call per client per digest period.
+
+No function here calls a model or the memory inside the turn's
+transaction: the turn records a job (:mod:`dialogs.llm_jobs`), and the
+``run_*`` functions do the calls after its commit.
 
 Budget: at most :data:`CALLS_PER_MESSAGE` model call per client message
 (``turn.llm_calls``).
@@ -33,7 +40,7 @@ import logging
 import re
 import time
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import event
@@ -41,12 +48,23 @@ from sqlmodel import Session, col, select
 
 from dialogs.digest import ClientDigest
 from dialogs.llm import LanguageModel, check_text, messages, name_parts, scrub
-from dialogs.messages import Option, Outbound
+from dialogs.llm_jobs import BACKGROUND_DEADLINE, Claimed, JobRunner, new_job, stored_rows
+from dialogs.messages import Inbound, Option, Outbound, outbox_row
 from dialogs.safety import assess
 from dialogs.turn import Turn
 from prompts import Extra, Prompts
-from storage import Client, Debrief, DebriefStatus, Homework, LlmUsage, LogEntry, Therapist, TherapistNote
-from storage.memory import Memory
+from storage import (
+    Client,
+    ConversationState,
+    Database,
+    Debrief,
+    DebriefStatus,
+    Homework,
+    LlmUsage,
+    LogEntry,
+    Therapist,
+    TherapistNote,
+)
 
 log = logging.getLogger("companion.llm")
 
@@ -95,6 +113,10 @@ class DebriefReply(BaseModel):
     reflection: str = Field(max_length=2000)
     follow_up: str | None = Field(default=None, max_length=1000)
     extraction: Extraction = Field(default_factory=Extraction)
+    # The model's opinion of the risk in the answer: it may raise the screen's level, never lower it.
+    risk: Literal["none", "concern", "crisis"] = Field(
+        default="none", description="crisis: may harm self or others or in danger now; concern: distress; else none"
+    )
 
 
 # --- the debrief ------------------------------------------------------------------------
@@ -117,11 +139,16 @@ def text_answer(turn: Turn, debrief: Debrief, step: str) -> str | None:
 
 
 def reflect(turn: Turn, debrief: Debrief, step: str, *, question_key: str, follow_up: bool = True) -> bool:
-    """Reflect the answer just given (and note what it states); True if a follow-up question was asked.
+    """Ask the model to reflect the answer just given; the reply comes after this turn commits.
 
-    ``question_key`` names the scripted question the client answered. Nothing
-    happens without a model, for a skipped answer, for a message the safety
-    screen flags, or once this message has had its call.
+    No call is made here (the turn holds the chat's row lock): the turn
+    records a reply job (:attr:`Turn.job`), keeps its scripted messages as
+    the job's fallback, and the runner (:mod:`dialogs.llm_jobs`) sends the
+    reflection before them, or them alone, after the call (:func:`run_reply`).
+    ``question_key`` names the scripted question the client answered.
+    Nothing happens without a model, for a skipped answer, for a message the
+    safety screen flags, or once this message has had its call. Always False
+    (a follow-up question is decided when the reply arrives).
     """
     llm = turn.llm
     client = turn.client
@@ -136,7 +163,6 @@ def reflect(turn: Turn, debrief: Debrief, step: str, *, question_key: str, follo
     if homework is None:
         return False
     turn.llm_calls += 1
-    deadline = time.monotonic() + llm.timeout
     names, therapist = _names(turn.session, client)
     pseudonym = llm.prompts.pseudonym.format(id=client.id)
     kind = turn.prompts.homework_types.get(homework.type)
@@ -146,46 +172,187 @@ def reflect(turn: Turn, debrief: Debrief, step: str, *, question_key: str, follo
         return scrub(text, names=names, pseudonym=pseudonym, therapist=therapist)
 
     answer = clean(turn.text[:ANSWER_LIMIT])
-    context = _context(turn.session, llm, turn.memory, client, homework, debrief, answer, clean)
+    parts = {
+        "homework_type": turn.prompts.type_label(homework.type),
+        "homework": clean(" · ".join(v for v in (homework.title, homework.what) if v)),
+        "question": clean(turn.t(question_key, title=homework.title)),
+        "rating_keys": ", ".join(f"{e.key} ({e.low}–{e.high}, {e.label or e.key})" for e in extras) or "none",
+        "answer": answer,
+    }
+    turn.job = {
+        "kind": "reply",
+        "client_id": client.id,
+        "request": {
+            "purpose": "reflection",
+            "parts": parts,
+            "query": clean(f"{homework.title}\n{answer}"),
+            "text": turn.text,
+            "names": names + therapist,
+            "clean": {"names": names, "pseudonym": pseudonym, "therapist": therapist},
+            "debrief_id": debrief.id,
+            "homework_id": homework.id,
+            "step": step,
+            "follow_up": follow_up and turn.data.get("follow_up") != step,
+            "at": len(turn.sends),  # where the reflection goes among the turn's messages
+        },
+    }
+    return False
+
+
+def _cleaner(request: dict[str, Any]) -> Any:
+    spec = request.get("clean") or {}
+    names, pseudonym, therapist = spec.get("names", []), spec.get("pseudonym", "the client"), spec.get("therapist", [])
+    return lambda text: scrub(text, names=names, pseudonym=pseudonym, therapist=therapist)
+
+
+def run_reply(runner: JobRunner, job: Claimed) -> None:
+    """A reply job, after the turn's commit: memory, then the model (no transaction open), then apply."""
+    engine = runner.engine
+    llm = engine.llm
+    request = job.request
+    if llm is None or runner.seconds_left(job) <= 0:
+        # No model any more (a restart without one), or the deadline passed (a crash, a long queue).
+        runner.apply(job, lambda session, state: (job.fallback, "fallback", "fallback:deadline"))
+        return
+    started = time.monotonic()
+    clean = _cleaner(request)
+    context = _context(runner, job, clean)
+    parts = {**request["parts"], "context": context or "(nothing yet)"}
     template = llm.prompts.template("reflection")
-    human = llm.prompts.text(
-        "reflection",
-        "human",
-        homework_type=turn.prompts.type_label(homework.type),
-        homework=clean(" · ".join(v for v in (homework.title, homework.what) if v)),
-        question=clean(turn.t(question_key, title=homework.title)),
-        rating_keys=", ".join(f"{e.key} ({e.low}–{e.high}, {e.label or e.key})" for e in extras) or "none",
-        context=context or "(nothing yet)",
-        answer=answer,
-    )
+    names = list(request.get("names", []))
     outcome = llm.call(
-        turn.session,
-        now=turn.now,
-        client_id=client.id,
         purpose="reflection",
-        template=template,
-        messages=messages(llm.prompts.text("reflection", "system"), human),
+        messages=messages(llm.prompts.text("reflection", "system"), llm.prompts.text("reflection", "human", **parts)),
         schema=DebriefReply,
-        check=lambda reply: _check_reply(turn, reply, names + therapist),
-        timeout=max(0.0, deadline - time.monotonic()),
+        check=lambda reply: _check_reply(llm, engine.prompts, reply, names),
+        wait=max(0.0, runner.seconds_left(job) - (time.monotonic() - started)),
     )
-    reply: DebriefReply | None = outcome.value
-    if reply is None:
-        return False
+
+    def record(session: Session) -> None:
+        llm.record(
+            session, outcome, now=engine.clock.now(), client_id=job.client_id, purpose="reflection", template=template
+        )
+
+    def decide(session: Session, state: ConversationState | None) -> tuple[list[dict[str, Any]], str, str]:
+        if state is None or (state.flow, state.step) != (job.flow, job.step):
+            return job.fallback, "superseded", "fallback:moved_on"
+        reply: DebriefReply | None = outcome.value
+        if reply is None:
+            return job.fallback, "fallback", f"fallback:{outcome.reason}"
+        return _apply_reply(runner, job, session, state, reply, template), "done", "ok"
+
+    runner.apply(job, decide, record=record)
+
+
+def _turn(runner: JobRunner, job: Claimed, session: Session, state: ConversationState) -> Turn:
+    """The turn a job's result is applied in: the same chat and client, the original message, this transaction."""
+    engine = runner.engine
+    client = session.get(Client, job.client_id) if job.client_id is not None else None
+    text = str(job.request.get("text", ""))
+    return Turn(
+        session=session,
+        now=engine.clock.now(),
+        prompts=engine.prompts,
+        settings=engine.settings,
+        inbound=Inbound(channel=job.channel, address=job.address, text=text, message_id=f"llmjob:{job.id}"),
+        text=text,
+        state=state,
+        identity=None,
+        client=client,
+        llm=engine.llm,
+    )
+
+
+def _apply_reply(
+    runner: JobRunner, job: Claimed, session: Session, state: ConversationState, reply: DebriefReply, template: Any
+) -> list[dict[str, Any]]:
+    """The outbox rows for a usable reply: the turn's messages with the reflection in place (stored form)."""
+    from dialogs import guard
+
+    request = job.request
+    turn = _turn(runner, job, session, state)
+    at = int(request.get("at", 0))
+    before, after = job.fallback[:at], job.fallback[at:]
+    mine = (job.channel, job.address)
+    # The model's risk opinion can only raise the screen's verdict (which was "none", or no call was made).
+    if reply.risk == "crisis":
+        guard.escalate(turn, "crisis", ("llm_opinion",))
+        return before + _rows(turn, after=[r for r in after if (r["channel"], r["address"]) != mine])
+    if reply.risk == "concern":
+        guard.escalate(turn, "concern", ("llm_opinion",))
+    debrief = session.get(Debrief, request.get("debrief_id"))
+    homework = session.get(Homework, request.get("homework_id"))
+    kind = turn.prompts.homework_types.get(homework.type) if homework is not None else None
+    extras = kind.extras if kind else ()
+    step = str(request.get("step", ""))
     _propose(turn, reply.extraction, extras)
-    _keep(debrief, step, reply.extraction, turn.text)
-    asks = follow_up and bool(reply.follow_up and reply.follow_up.strip()) and turn.data.get("follow_up") != step
+    if debrief is not None:
+        _keep(debrief, step, reply.extraction, turn.text)
+        session.add(debrief)
     text = reply.reflection.strip()
+    asks = bool(request.get("follow_up")) and bool(reply.follow_up and reply.follow_up.strip())
     if asks and reply.follow_up:
+        # The follow-up question replaces the next scripted question: the chat stays on this step.
         text = f"{text}\n\n{reply.follow_up.strip()}"
-        turn.step(step, follow_up=step)
+        state.step = step
+        state.data = {**state.data, "follow_up": step}
+        after = [r for r in after if (r["channel"], r["address"]) != mine]
     _say(turn, text, template.key, template.version)
-    return asks
+    reflection = list(turn.sends)
+    turn.sends.clear()
+    if not asks and _confirm_instead(turn):
+        # The reply read a number for the step now asked: confirm it instead of asking for it.
+        last = max((i for i, r in enumerate(after) if (r["channel"], r["address"]) == mine), default=None)
+        if last is not None:
+            after = after[:last] + _rows(turn) + after[last + 1 :]
+        turn.sends.clear()
+    session.add(state)
+    turn.sends[:0] = reflection
+    return _merged(before + _rows(turn, after=after), len(before) + len(reflection) - 1)
 
 
-def _check_reply(turn: Turn, reply: DebriefReply, names: list[str]) -> str | None:
-    assert turn.llm is not None
-    common: dict[str, Any] = dict(llm_prompts=turn.llm.prompts, prompts=turn.prompts, names=names)
+def _merged(rows: list[dict[str, Any]], at: int) -> list[dict[str, Any]]:
+    """The reflection (row ``at``) and the question after it, to the same chat, as one message.
+
+    One reply is one message: platforms pace messages per chat (Telegram
+    about one a second), so two would reach the client a second apart. The
+    question keeps its kind and buttons; the row records the reflection's
+    template, the part the model wrote.
+    """
+    if at + 1 >= len(rows):
+        return rows
+    mine, nxt = rows[at], rows[at + 1]
+    ref = nxt["payload"].get("ref") or {}
+    if (nxt["channel"], nxt["address"]) != (mine["channel"], mine["address"]) or set(ref) - {"about_client"}:
+        return rows  # another chat, or a message rendered by reference at send time (a reminder, a digest)
+    if nxt["payload"].get("kind", "text") not in ("text", "choice", "scale"):
+        return rows
+    payload = {**nxt["payload"], "text": f"{mine['payload']['text']}\n\n{nxt['payload']['text']}"}
+    return [*rows[:at], {**mine, "payload": payload}, *rows[at + 2 :]]
+
+
+def _confirm_instead(turn: Turn) -> bool:
+    step = turn.state.step
+    if step == "quantity":
+        return confirm_quantity(turn)
+    if step.startswith("extra:"):
+        homework_types = turn.prompts.homework_types
+        debrief = turn.session.get(Debrief, turn.data.get("debrief_id"))
+        homework = turn.session.get(Homework, debrief.homework_id) if debrief else None
+        kind = homework_types.get(homework.type) if homework else None
+        extra = next((e for e in (kind.extras if kind else ()) if f"extra:{e.key}" == step), None)
+        return extra is not None and confirm_extra(turn, extra)
+    return False
+
+
+def _rows(turn: Turn, *, after: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``turn.sends`` as stored outbox rows, followed by ``after``."""
+    rows = stored_rows(outbox_row(channel, address, message, turn.now) for channel, address, message in turn.sends)
+    return rows + list(after or [])
+
+
+def _check_reply(llm: LanguageModel, prompts: Prompts, reply: DebriefReply, names: list[str]) -> str | None:
+    common: dict[str, Any] = dict(llm_prompts=llm.prompts, prompts=prompts, names=names)
     reason = check_text(reply.reflection, limit=REFLECTION_LIMIT, max_sentences=2, **common)
     if reason is None and reply.follow_up and reply.follow_up.strip():
         reason = check_text(reply.follow_up, limit=FOLLOW_UP_LIMIT, max_sentences=1, questions=1, **common)
@@ -342,11 +509,13 @@ def watch(turn: Turn) -> Changes | None:
 
 
 def remember(turn: Turn, changes: Changes | None) -> None:
-    """Add what this turn completed (a debrief, a log entry, a therapist note) to the client's memory.
+    """Queue what this turn completed (a debrief, a log entry, a therapist note) for the client's memory.
 
-    Runs after the turn's handlers, in its unit of work; bounded by the
-    memory timeout, and a failing memory never fails the turn. Scrubbed like
-    a prompt, since a provider's embeddings leave the machine too.
+    Runs after the turn's handlers, in its unit of work, and only writes job
+    rows: the embedding (a network call with a provider's embeddings) and
+    the Chroma write happen after the commit (:func:`run_remember`). No text
+    is copied into the job; it is read from its row, then scrubbed like a
+    prompt, since a provider's embeddings leave the machine too.
     """
     llm, memory = turn.llm, turn.memory
     if changes is None:
@@ -354,48 +523,81 @@ def remember(turn: Turn, changes: Changes | None) -> None:
     objects = changes.close()
     if llm is None or memory is None:
         return
-    items: list[tuple[int, str, int, str]] = []
     for obj in objects:
+        item: tuple[int, str, int] | None = None
         if isinstance(obj, Debrief) and obj.status == DebriefStatus.COMPLETE and obj.completed_at == turn.now:
-            homework = turn.session.get(Homework, obj.homework_id)
-            items.append(
-                (obj.client_id, "debrief", obj.id or 0, _debrief_text(obj, homework.title if homework else ""))
-            )
+            item = (obj.client_id, "debrief", obj.id or 0)
         elif isinstance(obj, LogEntry):
-            items.append((obj.client_id, "log", obj.id or 0, obj.text))
+            item = (obj.client_id, "log", obj.id or 0)
         elif isinstance(obj, TherapistNote):
-            items.append((obj.client_id, "note", obj.id or 0, obj.text))
-    for client_id, kind, ref_id, text in items:
-        client = turn.session.get(Client, client_id)
-        if client is None:
-            continue
-        names, therapist = _names(turn.session, client)
-        clean = scrub(text, names=names, pseudonym=llm.prompts.pseudonym.format(id=client_id), therapist=therapist)
-        try:
-            llm.bounded(
-                lambda c=client_id, k=kind, r=ref_id, t=clean: memory.add(c, k, r, t),  # type: ignore[misc]
-                llm.memory_timeout,
-                memory=True,
+            item = (obj.client_id, "note", obj.id or 0)
+        if item is not None:
+            new_job(
+                turn.session,
+                kind="remember",
+                now=turn.now,
+                deadline=BACKGROUND_DEADLINE,
+                client_id=item[0],
+                request={"kind": item[1], "ref_id": item[2]},
             )
-        except Exception as exc:  # the memory is a help, never a dependency
-            log.warning("memory: could not remember a %s: %s", kind, exc.__class__.__name__)
+            turn.jobs_written += 1
 
 
-def _context(
-    session: Session,
-    llm: LanguageModel,
-    memory: Memory | None,
-    client: Client,
-    homework: Homework,
-    debrief: Debrief,
-    answer: str,
-    clean: Any,
-) -> str:
-    """The few remembered items nearest to this homework and answer, as prompt lines (resolved from the DB)."""
-    if memory is None or client.id is None:
+def _memory_text(session: Session, kind: str, ref_id: int) -> tuple[int, str] | None:
+    """(client id, text) of a remembered row, read back from the database."""
+    if kind == "debrief":
+        debrief = session.get(Debrief, ref_id)
+        if debrief is None or debrief.status != DebriefStatus.COMPLETE:
+            return None
+        homework = session.get(Homework, debrief.homework_id)
+        return debrief.client_id, _debrief_text(debrief, homework.title if homework else "")
+    row = session.get(LogEntry, ref_id) if kind == "log" else session.get(TherapistNote, ref_id)
+    return (row.client_id, row.text) if row is not None else None
+
+
+def run_remember(runner: JobRunner, job: Claimed) -> None:
+    """Embed and store one remembered item, with no transaction open; bounded by the memory timeout."""
+    llm, memory = runner.engine.llm, runner.engine.memory
+    kind, ref_id = str(job.request.get("kind")), int(job.request.get("ref_id", 0))
+    with runner.db.unit_of_work() as session:
+        found = _memory_text(session, kind, ref_id)
+        client = session.get(Client, found[0]) if found else None
+        names = _names(session, client) if client is not None else ([], [])
+    if llm is None or memory is None or found is None or client is None:
+        runner.finish(job, status="done", outcome="skipped")
+        return
+    pseudonym = llm.prompts.pseudonym.format(id=client.id)
+    clean = scrub(found[1], names=names[0], pseudonym=pseudonym, therapist=names[1])
+    outcome = "ok"
+    try:
+        llm.bounded(lambda: memory.add(found[0], kind, ref_id, clean), llm.memory_timeout, memory=True)
+    except Exception as exc:  # the memory is a help, never a dependency
+        log.warning("memory: could not remember a %s: %s", kind, exc.__class__.__name__)
+        outcome = f"fallback:{exc.__class__.__name__}"
+    runner.finish(job, status="done" if outcome == "ok" else "fallback", outcome=outcome)
+
+
+def run_forget(runner: JobRunner, job: Claimed) -> None:
+    """Drop an erased client's vectors (the erasure itself committed before this runs)."""
+    memory = runner.engine.memory
+    client_id = int(job.request.get("client_id", 0))
+    if memory is not None:
+        memory.forget(client_id)
+    runner.finish(job, status="done", outcome="ok")
+
+
+def _context(runner: JobRunner, job: Claimed, clean: Any) -> str:
+    """The few remembered items nearest to this homework and answer, as prompt lines.
+
+    The memory is queried with no transaction open (bounded: at most a
+    share of the call's timeout); the hits are resolved to their rows in a
+    short read, each checked to be this client's.
+    """
+    llm, memory = runner.engine.llm, runner.engine.memory
+    client_id = job.client_id
+    if memory is None or llm is None or client_id is None:
         return ""
-    client_id = client.id
-    query = clean(f"{homework.title}\n{answer}")
+    query = str(job.request.get("query", ""))
     try:
         hits = llm.bounded(
             lambda: memory.query(client_id, query, llm.memory_k),
@@ -406,21 +608,22 @@ def _context(
         log.warning("memory: retrieval failed: %s", exc.__class__.__name__)
         return ""
     lines = []
-    for hit in hits:
-        text: str | None = None
-        if hit.kind == "debrief":
-            row = session.get(Debrief, hit.ref_id)
-            if row is not None and row.client_id == client_id and row.id != debrief.id:
-                past = session.get(Homework, row.homework_id)
-                text = "past debrief: " + _debrief_text(row, past.title if past else "").replace("\n", "; ")
-        elif hit.kind == "log":
-            log_row = session.get(LogEntry, hit.ref_id)
-            text = f"client's note: {log_row.text}" if log_row and log_row.client_id == client_id else None
-        elif hit.kind == "note":
-            note = session.get(TherapistNote, hit.ref_id)
-            text = f"therapist's formulation note: {note.text}" if note and note.client_id == client_id else None
-        if text:
-            lines.append("- " + clean(" ".join(text.split()))[:CONTEXT_ITEM_LIMIT])
+    with runner.db.unit_of_work() as session:
+        for hit in hits:
+            text: str | None = None
+            if hit.kind == "debrief":
+                row = session.get(Debrief, hit.ref_id)
+                if row is not None and row.client_id == client_id and row.id != job.request.get("debrief_id"):
+                    past = session.get(Homework, row.homework_id)
+                    text = "past debrief: " + _debrief_text(row, past.title if past else "").replace("\n", "; ")
+            elif hit.kind == "log":
+                log_row = session.get(LogEntry, hit.ref_id)
+                text = f"client's note: {log_row.text}" if log_row and log_row.client_id == client_id else None
+            elif hit.kind == "note":
+                note = session.get(TherapistNote, hit.ref_id)
+                text = f"therapist's formulation note: {note.text}" if note and note.client_id == client_id else None
+            if text:
+                lines.append("- " + clean(" ".join(text.split()))[:CONTEXT_ITEM_LIMIT])
     return "\n".join(lines)
 
 
@@ -463,60 +666,72 @@ def with_narrative(
     digest: ClientDigest,
     prompts: Prompts,
     now: datetime,
-    call: bool = True,
+    call: bool = False,
 ) -> ClientDigest:
-    """``digest`` with a short narrative on top of its data, when a model is configured.
+    """``digest`` with the narrative already written for its period, if there is one (never a call).
 
-    At most one call per client per digest period: the narrative is kept
-    (encrypted) on the call's LlmUsage row, so a call already made since the
-    period began, by any process or before a restart, is reused; a call
-    that failed is not repeated, and the digest goes without a narrative.
-    ``call=False`` only reuses (adapters re-rendering a digest already sent).
+    Runs inside a unit of work, so it never calls the model: the narrative
+    is written beforehand by :func:`narrate` (outside any transaction) and
+    kept, encrypted, on that call's LlmUsage row, which every process and
+    every later render reuses. ``call`` is accepted for older callers and
+    ignored.
     """
     if llm is None or digest.opted_out or digest.empty:
         return digest
     earlier = _narrated_since(session, digest.client_id, digest.start)
-    if earlier is not None:
-        if earlier.output:
-            return dataclasses.replace(digest, narrative=earlier.output, narrative_at=earlier.at)
-        return digest
-    if not call:
-        return digest
-    client = session.get(Client, digest.client_id)
-    if client is None:
-        return digest
-    names, therapist = _names(session, client)
-    pseudonym = llm.prompts.pseudonym.format(id=digest.client_id)
+    if earlier is not None and earlier.output:
+        return dataclasses.replace(digest, narrative=earlier.output, narrative_at=earlier.at)
+    return digest
 
-    def clean(text: str) -> str:
-        return scrub(text, names=names, pseudonym=pseudonym, therapist=therapist)
 
+def narrate(db: Database, *, llm: LanguageModel, prompts: Prompts, client_id: int, now: datetime) -> str | None:
+    """Write this period's narrative for one client's digest, with no transaction open; returns it (or None).
+
+    At most one call per client per digest period: a call already made since
+    the period began (by any process, before a restart, successful or not)
+    is not repeated. Reads the record in one short transaction, calls the
+    model outside it, and records the call (and the narrative) in another.
+    """
+    from dialogs.digest import build_client_digest
+
+    with db.unit_of_work() as session:
+        client = session.get(Client, client_id)
+        therapist = session.get(Therapist, client.therapist_id) if client is not None else None
+        if client is None or therapist is None:
+            return None
+        digest = build_client_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+        if digest.opted_out or digest.empty:
+            return None
+        earlier = _narrated_since(session, client_id, digest.start)
+        if earlier is not None:
+            return earlier.output
+        names, therapist_names = _names(session, client)
+        pseudonym = llm.prompts.pseudonym.format(id=client_id)
+
+        def clean(text: str) -> str:
+            return scrub(text, names=names, pseudonym=pseudonym, therapist=therapist_names)
+
+        record = _record(digest, prompts, clean)
     template = llm.prompts.template("narrative")
     outcome = llm.call(
-        session,
-        now=now,
-        client_id=digest.client_id,
         purpose="narrative",
-        template=template,
         messages=messages(
-            llm.prompts.text("narrative", "system"),
-            llm.prompts.text("narrative", "human", record=_record(digest, prompts, clean)),
+            llm.prompts.text("narrative", "system"), llm.prompts.text("narrative", "human", record=record)
         ),
         check=lambda text: check_text(
             str(text),
             limit=NARRATIVE_LIMIT,
             llm_prompts=llm.prompts,
             prompts=prompts,
-            names=names + therapist,
+            names=names + therapist_names,
             max_sentences=5,
         ),
+        wait=llm.timeout,
     )
-    if outcome.value is None:
-        return digest
-    text = " ".join(str(outcome.value).split())
-    if outcome.usage is not None:
-        outcome.usage.output = text
-    return dataclasses.replace(digest, narrative=text, narrative_at=now)
+    text = " ".join(str(outcome.value).split()) if outcome.value is not None else None
+    with db.unit_of_work() as session:
+        llm.record(session, outcome, now=now, client_id=client_id, purpose="narrative", template=template, output=text)
+    return text
 
 
 def _narrated_since(session: Session, client_id: int, since: datetime) -> LlmUsage | None:
@@ -537,7 +752,7 @@ def digest_message(
     therapist: Therapist,
     now: datetime,
 ) -> Outbound:
-    """One client's digest as a message: the plain text (with a narrative in LLM mode) and its ref."""
+    """One client's digest as a message: the plain text (with this period's narrative, if written) and its ref."""
     from dialogs.digest import build_client_digest, digest_ref
     from dialogs.digest_text import render_text
 
@@ -554,3 +769,70 @@ def digest_message(
     return Outbound(
         render_text(model, prompts), ref=digest_ref(client), prompt_key="digest.header", prompt_version=prompts.version
     )
+
+
+def needs_narrative(
+    session: Session,
+    *,
+    llm: LanguageModel | None,
+    prompts: Prompts,
+    client: Client,
+    therapist: Therapist,
+    now: datetime,
+) -> bool:
+    """Whether a digest of ``client`` now would want a narrative not yet attempted this period."""
+    from dialogs.digest import build_client_digest
+
+    if llm is None or client.id is None:
+        return False
+    digest = build_client_digest(session, prompts=prompts, client=client, therapist=therapist, now=now)
+    return not (digest.opted_out or digest.empty) and _narrated_since(session, client.id, digest.start) is None
+
+
+def digest_reply(turn: Turn, client: Client, therapist: Therapist) -> None:
+    """``/digest NAME``'s reply: with this period's narrative; in LLM mode without one yet, after a job writes it.
+
+    The plain digest is the job's fallback, so the therapist gets the digest
+    either way, once, within the model's deadline.
+    """
+    message = digest_message(
+        turn.session, llm=turn.llm, prompts=turn.prompts, client=client, therapist=therapist, now=turn.now
+    )
+    if turn.job is None and needs_narrative(
+        turn.session, llm=turn.llm, prompts=turn.prompts, client=client, therapist=therapist, now=turn.now
+    ):
+        turn.job = {
+            "kind": "narrative",
+            "client_id": client.id,
+            "request": {"therapist_id": therapist.id, "at": len(turn.sends)},
+        }
+    turn.sends.append((turn.inbound.channel, turn.inbound.address, message))
+
+
+def run_narrative(runner: JobRunner, job: Claimed) -> None:
+    """A ``/digest NAME`` job: write the narrative (no transaction open), then send the digest with it."""
+    engine = runner.engine
+    llm = engine.llm
+    if llm is not None and job.client_id is not None and runner.seconds_left(job) > 0:
+        narrate(runner.db, llm=llm, prompts=engine.prompts, client_id=job.client_id, now=engine.clock.now())
+
+    def decide(session: Session, state: ConversationState | None) -> tuple[list[dict[str, Any]], str, str]:
+        client = session.get(Client, job.client_id)
+        therapist = session.get(Therapist, job.request.get("therapist_id"))
+        at = int(job.request.get("at", 0))
+        if client is None or therapist is None or at >= len(job.fallback):
+            return job.fallback, "fallback", "fallback:gone"
+        message = digest_message(
+            session, llm=llm, prompts=engine.prompts, client=client, therapist=therapist, now=engine.clock.now()
+        )
+        row = {
+            **job.fallback[at],
+            "payload": message.to_payload(),
+            "prompt_key": message.prompt_key,
+            "prompt_version": message.prompt_version,
+        }
+        narrated = llm is not None and message.prompt_key == llm.prompts.template("narrative").key
+        rows = [*job.fallback[:at], row, *job.fallback[at + 1 :]]
+        return rows, "done", "ok" if narrated else "fallback:narrative"
+
+    runner.apply(job, decide)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from sqlmodel import Session
 
 from storage import queries as q
+from storage.models import REPLY, URGENT
 
-MessageKind = Literal["text", "choice", "scale", "alert", "file"]
+MessageKind = Literal["text", "choice", "scale", "alert", "file", "edit"]
 InboundKind = Literal["text", "edited", "unsupported"]
 
 
@@ -47,6 +48,10 @@ class Outbound:
 
     ``choice`` offers options (buttons on Telegram, numbered replies on
     WhatsApp); ``scale`` is a numeric rating whose options are its points.
+    ``edit`` replaces the text of a message already delivered (and removes
+    its buttons): ``ref["edit_of"]`` is that message's outbox id; the sender
+    adds ``ref["platform_id"]``, the platform's id for it, before the channel
+    renders the edit.
     """
 
     text: str
@@ -91,9 +96,52 @@ def about_client(client_id: int | None) -> dict[str, Any] | None:
     return {"about_client": client_id} if client_id is not None else None
 
 
-def enqueue(session: Session, *, channel: str, address: str, message: Outbound, now: datetime) -> None:
-    """Queue ``message`` with the record of the template that produced it (OutboxMessage.prompt_key)."""
-    q.enqueue(
+# What goes first when a backlog builds: the crisis path, then anyone's reply, then bulk (nudges, digests).
+URGENT_PROMPTS: Final = frozenset({"safety.crisis", "safety.crisis_no_therapist", "safety.alert"})
+
+
+def priority_of(message: Outbound) -> int:
+    """The outbox priority of a message said in a turn: urgent for the crisis path, otherwise a reply.
+
+    Bulk senders (the nudge and digest sweeps) pass :data:`storage.models.BULK` themselves.
+    """
+    if message.kind == "alert" or message.prompt_key in URGENT_PROMPTS:
+        return URGENT
+    return REPLY
+
+
+def subject_of(message: Outbound) -> str | None:
+    """What a row is about where a later step must find it again: ``alert:ID`` for a crisis alert."""
+    alert = (message.ref or {}).get("alert")
+    return f"alert:{alert}" if isinstance(alert, int) and message.kind == "alert" else None
+
+
+def outbox_row(
+    channel: str, address: str, message: Outbound, now: datetime, *, priority: int | None = None
+) -> dict[str, Any]:
+    """The columns of ``message``'s outbox row (for a multi-row INSERT)."""
+    return {
+        "channel": channel,
+        "address": address,
+        "payload": message.to_payload(),
+        "created_at": now,
+        "attempts": 0,
+        "prompt_key": message.prompt_key,
+        "prompt_version": message.prompt_version,
+        "priority": priority_of(message) if priority is None else priority,
+        "parts_sent": 0,
+        "subject": subject_of(message),
+    }
+
+
+def enqueue(
+    session: Session, *, channel: str, address: str, message: Outbound, now: datetime, priority: int | None = None
+) -> None:
+    """Queue ``message`` with the record of the template that produced it (OutboxMessage.prompt_key).
+
+    ``priority`` defaults to :func:`priority_of` the message.
+    """
+    row = q.enqueue(
         session,
         channel=channel,
         address=address,
@@ -102,3 +150,5 @@ def enqueue(session: Session, *, channel: str, address: str, message: Outbound, 
         prompt_key=message.prompt_key,
         prompt_version=message.prompt_version,
     )
+    row.priority = priority_of(message) if priority is None else priority
+    row.subject = subject_of(message)

@@ -39,7 +39,7 @@ from storage import (
     OutboxMessage,
 )
 from storage import queries as q
-from storage.models import OccasionStatus
+from storage.models import BULK, OccasionStatus
 
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 BATCH: Final = 1000
@@ -582,6 +582,8 @@ def send_due_nudges(
                     "attempts": 0,
                     "prompt_key": "nudge.reminder",
                     "prompt_version": prompts.version,
+                    "priority": BULK,
+                    "parts_sent": 0,
                 }
             )
             outcome[OccasionStatus.SENT].append(row.id)
@@ -663,7 +665,7 @@ def follow_up(
                 now=now,
                 prompt_key="nudge.follow_up",
                 prompt_version=prompts.version,
-            )
+            ).priority = BULK
             occasion.status, occasion.followed_up_at = OccasionStatus.FOLLOWED_UP, now
             counts.followed_up += 1
         else:

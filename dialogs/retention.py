@@ -7,8 +7,9 @@ Two settings (``retention`` in config.yaml):
   handled platform messages. Dialog state is not a message: it is one row
   per chat, overwritten as the chat moves on.
 - ``records_days`` (default: keep): the clinical record the therapist reviews —
-  debriefs (and their weekly sums), log entries, settled safety flags and reminders, and closed
-  homework with nothing left attached. Off by default because therapists
+  debriefs (and their weekly sums), log entries, questionnaire answers, settled safety flags and
+  reminders, and closed homework with nothing left attached (a safety plan is
+  the client's current document, not a record of the past: it stays). Off by default because therapists
   usually must keep records for years; set it to what your practice's
   record-keeping rules say.
 
@@ -36,6 +37,7 @@ from storage import (
     HomeworkStatus,
     JoinFailure,
     LogEntry,
+    MeasureResponse,
     Occasion,
     OutboxMessage,
     ProcessedInbound,
@@ -78,6 +80,7 @@ def purge(session: Session, *, policy: RetentionPolicy, now: datetime) -> dict[s
         run("debrief", delete(Debrief).where(col(Debrief.started_at) < cutoff))
         # The weekly sums go with the debriefs they summed (a week wholly before the cut-off).
         run("debriefweek", delete(DebriefWeek).where(col(DebriefWeek.week) < (cutoff - timedelta(days=7)).date()))
+        run("measureresponse", delete(MeasureResponse).where(col(MeasureResponse.started_at) < cutoff))
         open_alert = and_(col(SafetyFlag.level) == FlagLevel.CRISIS, col(SafetyFlag.acknowledged_at).is_(None))
         run("safetyflag", delete(SafetyFlag).where(col(SafetyFlag.created_at) < cutoff, ~open_alert))
         settled = col(Occasion.status).in_(_SETTLED)  # answered, not reviewed, missed, skipped, cancelled

@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Final
 
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 
-from dialogs import access, history, llm_steps
+from dialogs import access, history, llm_steps, measures, review, safety_plan
 from dialogs.digest import build_caseload
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
@@ -19,17 +20,30 @@ from dialogs.homework import (
     normalise_field,
     set_homework,
 )
+from dialogs.messages import Outbound
 from dialogs.nudges import next_weekly
 from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
 from dialogs.turn import Turn, split_command
-from storage import Client, ClientStatus, CloseReason, Debrief, FlagLevel, Homework, HomeworkStatus, TherapistNote
+from storage import (
+    Client,
+    ClientStatus,
+    CloseReason,
+    Debrief,
+    FlagLevel,
+    Homework,
+    HomeworkStatus,
+    OutboxMessage,
+    TherapistNote,
+)
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS
 
 DRAFT: Final = "homework_draft"
 # Fields the conversational flow asks for; title and type cannot be skipped.
 _REQUIRED: Final = ("title",)
+# Platforms whose sent messages the companion can edit (an acknowledged alert loses its button there).
+EDITABLE_CHANNELS: Final = ("telegram", "slack")
 
 
 def idle(turn: Turn) -> None:
@@ -240,6 +254,7 @@ def cmd_session(turn: Turn, rest: str) -> None:
         client.last_session_at = client.next_session_at
     client.next_session_at = when
     turn.session.add(client)
+    measures.replan_sessions(turn.session, client=client, settings=turn.settings, now=turn.now)
     turn.audit("session.set", client)
     turn.say("therapist.session.set", client=client.name, when=_when(turn, when))
 
@@ -256,11 +271,8 @@ def cmd_digest(turn: Turn, rest: str) -> None:
     if found is None:
         return
     turn.audit("digest.read", found[0])
-    # Scripted: the plain digest; LLM mode adds a short narrative on top of the data.
-    message = llm_steps.digest_message(
-        turn.session, llm=turn.llm, prompts=turn.prompts, client=found[0], therapist=turn.therapist, now=turn.now
-    )
-    turn.sends.append((turn.inbound.channel, turn.inbound.address, message))
+    # Scripted: the plain digest; LLM mode adds a short narrative on top of the data (written after the commit).
+    llm_steps.digest_reply(turn, found[0], turn.therapist)
 
 
 def cmd_note(turn: Turn, rest: str) -> None:
@@ -345,6 +357,28 @@ def cmd_ack(turn: Turn, rest: str) -> None:
     turn.session.add(flag)
     turn.audit("alert.ack", client, flag_id=flag.id)
     turn.say("safety.ack_done", id=flag.id, client=client.name if client else "", when=_when(turn, turn.now))
+    _mark_alerts_acknowledged(turn, flag.id or 0)
+
+
+def _mark_alerts_acknowledged(turn: Turn, flag_id: int) -> None:
+    """Edit every copy of the alert on platforms that can edit: who acknowledged and when, and no button left.
+
+    One ``edit`` outbox row per alert row (the first alert and each
+    re-alert); the sender delivers it after the alert itself, in the same
+    chat, and skips it if the alert never went out.
+    """
+    assert turn.therapist is not None
+    rows = turn.session.exec(
+        select(OutboxMessage)
+        .where(OutboxMessage.subject == f"alert:{flag_id}", col(OutboxMessage.channel).in_(EDITABLE_CHANNELS))
+        .order_by(col(OutboxMessage.id))
+    ).all()
+    note = turn.t("alert_ack.edited", therapist=turn.therapist.name, when=_when(turn, turn.now))
+    for row in rows:
+        original = Outbound.from_payload(row.payload)
+        ref = {**(original.ref or {}), "edit_of": row.id}
+        edit = Outbound(f"{original.text}\n\n{note}", kind="edit", ref=ref, prompt_key="alert_ack.edited")
+        turn.sends.append((row.channel, row.address, edit))
 
 
 def cmd_resume(turn: Turn, rest: str) -> None:
@@ -614,4 +648,7 @@ COMMANDS: Final[dict[str, Callable[[Turn, str], None]]] = {
     "dashboard": cmd_dashboard,
     "therapists": cmd_therapists,
     "note": cmd_note,
+    "plan": safety_plan.therapist_plan,
+    "measure": measures.cmd_measure,
+    "reviewed": review.cmd_reviewed,
 }

@@ -116,6 +116,10 @@ class Turn:
     risk_noted: bool = False
     # Clients erased in this turn: the engine deletes their vectors from the memory store too.
     forgotten: list[int] = field(default_factory=list)
+    # LLM mode: the model call this message asked for (dialogs.llm_steps), made after the commit; the
+    # engine keeps the turn's messages as its fallback (dialogs.llm_jobs). ``jobs_written`` counts jobs.
+    job: dict[str, Any] | None = None
+    jobs_written: int = 0
 
     # --- speaking ------------------------------------------------------------
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from dialogs import retention
-from dialogs.digest import send_due_digests
+from dialogs import measures, retention
+from dialogs.digest import due_digest_clients, send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import alert_unanswered_questions, escalate_due_alerts
 from dialogs.history import close_expired
+from dialogs.llm_steps import narrate
 from dialogs.nudges import SweepCounts, extend_plans, follow_up, send_due_nudges
 from dialogs.retention import RetentionPolicy
 from storage import Database
@@ -54,6 +56,16 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
         with db.unit_of_work() as session:
             if not follow_up(session, prompts=prompts, settings=settings, now=now, counts=counts):
                 break
+    if engine.llm is not None:
+        # LLM mode: the narratives first, each call with no transaction open; the digests then reuse them.
+        with db.unit_of_work() as session:
+            due = due_digest_clients(session, settings=settings, now=now)
+        llm = engine.llm
+        # Several at once (within the model's own call slots): a weekly digest can cover a whole caseload.
+        with ThreadPoolExecutor(max_workers=max(1, min(llm.max_concurrency, len(due) or 1))) as pool:
+            list(pool.map(lambda client_id: narrate(db, llm=llm, prompts=prompts, client_id=client_id, now=now), due))
+    with db.unit_of_work() as session:
+        measures.send_due_measures(session, prompts=prompts, settings=settings, now=now)
     with db.unit_of_work() as session:
         send_due_digests(session, prompts=prompts, settings=settings, now=now, counts=counts, llm=engine.llm)
     if escalated:

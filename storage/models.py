@@ -188,6 +188,12 @@ class Homework(SQLModel, table=True):
     rationale_own_words: str | None = Field(default=None, sa_type=EncryptedText)
     confidence: int | None = None
     smaller_version_wanted: bool = False
+    importance: int | None = None  # 0–10, asked after confidence (Kazantzis' common language for homework)
+    # The review loop (dialogs.review): the therapist marked this homework reviewed in session; the note is
+    # the therapist's own (never shown to the client). A homework closed without a mark is "not reviewed".
+    reviewed_at: datetime | None = _ts()
+    reviewed_by: int | None = Field(default=None, foreign_key="therapist.id")
+    review_note: str | None = Field(default=None, sa_type=EncryptedText)
 
 
 class Occasion(SQLModel, table=True):
@@ -337,18 +343,35 @@ class ConversationState(SQLModel, table=True):
     last_inbound_at: datetime | None = _ts()
 
 
+URGENT: Final = 0  # outbox priority: crisis replies and alerts
+REPLY: Final = 1  # an answer to someone who just wrote (the default)
+BULK: Final = 2  # nudges, follow-ups and digests: may wait behind the rest
+
+
 class OutboxMessage(SQLModel, table=True):
     """A message waiting for its platform to accept it; sent_at is set only after it did.
 
-    A sender claims a row by setting ``claimed_until`` (a lease: a sender that
-    dies mid-send leaves the row to be claimed again), and defers it with
-    ``next_attempt_at`` after a rate limit or a transient error. ``failed_at``
-    ends a row the platform will never accept (blocked, bad request).
+    A sender claims a row by setting ``claimed_by`` to its process's id (a
+    lease that lasts as long as that process's heartbeat, see
+    :class:`SenderProcess`; ``claimed_until`` is kept for information), and
+    defers it with ``next_attempt_at`` after a rate limit or a transient
+    error. ``failed_at`` ends a row the platform will never accept (blocked,
+    bad request). ``priority`` orders chats when a backlog builds (0 urgent:
+    crisis replies and alerts; 1 replies; 2 bulk: nudges and digests), while
+    one chat's rows always go in id order. ``parts_sent`` counts the parts of
+    a multi-part message the platform already accepted, so a retry sends only
+    the rest. ``subject`` names what a row is about where a later step must
+    find it again (``alert:17``: the alert of safety flag 17, edited after
+    Acknowledge).
     """
 
     # ix_outbox_failed: the digest counts a client's undeliverable messages since the period began;
     # failures are rare, so this keeps that count off the length of the outbox.
-    __table_args__ = (Index("ix_outbox_pending", "channel", "sent_at", "id"), Index("ix_outbox_failed", "failed_at"))
+    __table_args__ = (
+        Index("ix_outbox_pending", "channel", "sent_at", "priority", "id"),
+        Index("ix_outbox_chat", "channel", "address", "id"),
+        Index("ix_outbox_failed", "failed_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str
@@ -368,6 +391,40 @@ class OutboxMessage(SQLModel, table=True):
     # Which prompt template (and version) produced the text: "llm.reflection@2", "client.nudge@1".
     prompt_key: str | None = None
     prompt_version: str | None = None
+    priority: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    claimed_by: str | None = None
+    parts_sent: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    subject: str | None = Field(default=None, index=True)
+
+
+class SenderProcess(SQLModel, table=True):
+    """A running process that sends from the outbox: its identity and heartbeat.
+
+    Rows it claimed stay its own while ``heartbeat_at`` is fresh; a process
+    on the same host (``host``: the host name and PID namespace) whose
+    ``pid`` is gone is deleted at once by the next process that looks, so a
+    restart reclaims its leases within seconds; one on another host only
+    when its heartbeat is stale. Holds no client data.
+    """
+
+    id: str = Field(primary_key=True)
+    host: str
+    pid: int
+    pid_started: str | None = None  # /proc/PID/stat start time: tells a reused pid from the original
+    started_at: datetime = _ts(nullable=False)
+    heartbeat_at: datetime = _ts(nullable=False, index=True)
+
+
+class RateBudget(SQLModel, table=True):
+    """One platform's send budget shared by every process: the next free slot, in epoch seconds.
+
+    A sender reserves a short run of slots at a time by moving ``next_at``
+    forward in one short transaction, so all processes together stay within
+    the configured rate. Holds no client data.
+    """
+
+    channel: str = Field(primary_key=True)
+    next_at: float = 0.0
 
 
 class ProcessedInbound(SQLModel, table=True):
@@ -433,6 +490,46 @@ class LlmUsage(SQLModel, table=True):
     output: str | None = Field(default=None, sa_type=EncryptedText)
 
 
+class LlmJob(SQLModel, table=True):
+    """A model call (or memory write) a turn decided on, run after its commit, outside any transaction.
+
+    A turn that wants a model's reply writes this row *instead of* its
+    outbox rows, which it keeps in ``fallback`` (the scripted reply, sent as
+    is if the call fails or ``deadline_at`` passes). A runner leases the row
+    (``claimed_until``, as the outbox sender does), calls the model with no
+    transaction open, and applies the result in a second, short transaction
+    that locks the chat's state, checks it still is where the turn left it
+    (``flow``/``step`` and this row still ``pending``), and moves ``status``
+    on with a conditional UPDATE: a result is applied once, by one process.
+    A crash between the two leaves the row pending; it is run again after
+    its lease, or falls back once its deadline has passed. A finished job
+    keeps its bookkeeping but not the text it carried (``request`` and
+    ``fallback`` are emptied).
+    """
+
+    __table_args__ = (Index("ix_llmjob_pending", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # reply | narrative | remember | forget
+    client_id: int | None = Field(default=None, index=True)  # no FK: a forget job outlives the client row
+    state_id: int | None = None  # the ConversationState whose turn made it (reply jobs)
+    flow: str = ""  # where that turn left the chat: the result applies only if it is still there
+    step: str = ""
+    channel: str = ""
+    address: str = ""
+    # What the call needs (scrubbed prompt parts, the original message for number checks): client text.
+    request: dict[str, Any] = Field(default_factory=dict, sa_column=Column(EncryptedJSON, nullable=False))
+    # The turn's scripted outbox rows, sent as they are on any failure.
+    fallback: list[Any] = Field(default_factory=list, sa_column=Column(EncryptedJSON, nullable=False))
+    status: str = "pending"  # pending | done | fallback | superseded
+    outcome: str | None = None  # ok, or fallback:<reason>
+    created_at: datetime = _ts(nullable=False)
+    deadline_at: datetime = _ts(nullable=False)
+    claimed_until: datetime | None = _ts()
+    attempts: int = 0
+    finished_at: datetime | None = _ts()
+
+
 class WebToken(SQLModel, table=True):
     """A dashboard sign-in link (single use, short-lived) or a dashboard session.
 
@@ -447,3 +544,64 @@ class WebToken(SQLModel, table=True):
     expires_at: datetime = _ts(nullable=False)
     used_at: datetime | None = _ts()  # a link: when it was exchanged for a session; a session: signed out
     csrf_secret: str | None = None  # sessions only
+
+
+SAFETY_PLAN_FIELDS: Final = ("warning_signs", "coping", "distractions", "people", "professionals", "environment")
+"""Stanley & Brown's six steps, in the order they are written (and asked for)."""
+
+
+class SafetyPlan(SQLModel, table=True):
+    """A client's safety plan (Stanley & Brown), written with the therapist in session: one per client.
+
+    Every step is the client's own words, encrypted. ``reviewed_at`` is when
+    the therapist last saved it (each save is a review with the client).
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", unique=True, index=True)
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    warning_signs: str | None = Field(default=None, sa_type=EncryptedText)
+    coping: str | None = Field(default=None, sa_type=EncryptedText)
+    distractions: str | None = Field(default=None, sa_type=EncryptedText)
+    people: str | None = Field(default=None, sa_type=EncryptedText)
+    professionals: str | None = Field(default=None, sa_type=EncryptedText)
+    environment: str | None = Field(default=None, sa_type=EncryptedText)
+    created_at: datetime = _ts(nullable=False)
+    reviewed_at: datetime = _ts(nullable=False)
+
+
+class MeasureSchedule(SQLModel, table=True):
+    """When a client is asked a questionnaire (``/measure NAME phq9 weekly``): the scheduler's due row."""
+
+    __table_args__ = (UniqueConstraint("client_id", "instrument"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    therapist_id: int = Field(foreign_key="therapist.id", index=True)
+    instrument: str  # "phq9" | "gad7"
+    cadence: str  # "weekly" | "before_session" | "once"
+    due_at: datetime | None = _ts(index=True)  # next time to ask, UTC; None: nothing planned
+    created_at: datetime = _ts(nullable=False)
+
+
+class MeasureStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+
+
+class MeasureResponse(SQLModel, table=True):
+    """One administration of a questionnaire: the answers so far (kept when interrupted), then the score."""
+
+    __table_args__ = (Index("ix_measureresponse_client_started", "client_id", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    instrument: str
+    status: str = MeasureStatus.IN_PROGRESS
+    started_at: datetime = _ts(nullable=False)
+    completed_at: datetime | None = _ts()
+    # Item answers (0–3) in order; encrypted, because each item is itself a health disclosure.
+    answers: list[int] = Field(default_factory=list, sa_column=Column(EncryptedJSON, nullable=False))
+    # The total and its published band, kept plain like a debrief's amount so the digest can chart them.
+    score: int | None = None
+    band: str | None = None

@@ -108,6 +108,7 @@ class _Fault:
     migrate_to_chat_id: int | None
     chat_id: str | None
     times: int
+    after: int = 0  # matching calls to let through first
 
 
 @dataclass
@@ -396,8 +397,11 @@ class FakeBotAPI(ServedFake):
         times: int = 1,
         migrate_to_chat_id: int | None = None,
         chat_id: int | str | None = None,
+        after: int = 0,
     ) -> None:
         """Answer the next ``times`` calls to ``method`` (optionally only those for ``chat_id``) with an error.
+
+        ``after`` lets that many matching calls succeed first (the second part of a long message fails).
 
         ``description`` defaults to Telegram's usual text for ``status``; ``retry_after`` and
         ``migrate_to_chat_id`` go into the envelope's ``parameters``. A failed call has no effect.
@@ -419,6 +423,7 @@ class FakeBotAPI(ServedFake):
                     migrate_to_chat_id,
                     None if chat_id is None else str(chat_id),
                     times,
+                    after,
                 )
             )
 
@@ -472,6 +477,9 @@ class FakeBotAPI(ServedFake):
     def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
         for fault in self._rules.faults:
             if fault.method == method and (fault.chat_id is None or fault.chat_id == str(params.get("chat_id"))):
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
                 fault.times -= 1
                 if fault.times == 0:
                     self._rules.faults.remove(fault)

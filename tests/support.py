@@ -16,7 +16,11 @@ class Chat:
     def __init__(self, companion: Companion, role: str, handle: str) -> None:
         self.out = io.StringIO()
         self.channel = console.ConsoleChannel(
-            db=companion.db, engine=companion.engine, chat=console.address(role, handle), out=self.out
+            db=companion.db,
+            engine=companion.engine,
+            chat=console.address(role, handle),
+            out=self.out,
+            jobs=companion.jobs,
         )
         self._seen = 0
 

@@ -30,7 +30,17 @@ def _dana_with_sam(companion: Companion) -> tuple[Chat, Chat, Chat]:
     dana.send("/homework Sam\ntitle: Bus practice\nwhat: ride two stops\nrationale: the fear passes if I stay")
     dana.send("save")
     sam.open()
-    for answer in ("it shows the fear passes", "8", "done", "Sat on the 73 bus", "calm", "start", "it passes", "3"):
+    for answer in (
+        "it shows the fear passes",
+        "8",
+        "8",
+        "done",
+        "Sat on the 73 bus",
+        "calm",
+        "start",
+        "it passes",
+        "3",
+    ):
         sam.send(answer)
     sam.send(CRISIS)
     dana.open()

@@ -33,6 +33,7 @@ def sam(sqlite_companion: Companion, dana: Chat) -> Chat:
     client.open()
     client.send("so I learn the anxiety passes")
     client.send("9")
+    client.send("9")  # importance
     return client
 
 
@@ -81,12 +82,13 @@ def test_low_confidence_offers_a_smaller_version_and_tells_the_therapist(
     sam.open()
     sam.send("it helps me")
     assert "0 to 10" in sam.send("eleven")
-    assert "smaller version" in sam.send("4")
+    assert "how important" in sam.send("4").casefold()
+    assert "smaller step" in sam.send("9")
     assert "Noted" in sam.send("yes")
-    assert "would like a smaller version" in dana.open()
+    assert "confidence 4/10, importance 9/10 (low: confidence) and would like a smaller" in dana.open()
     with sqlite_companion.db.unit_of_work() as session:
         homework = session.exec(select(Homework)).one()
-        assert homework.confidence == 4 and homework.smaller_version_wanted
+        assert homework.confidence == 4 and homework.importance == 9 and homework.smaller_version_wanted
 
 
 def test_homework_set_mid_debrief_arrives_when_the_debrief_ends(

@@ -26,6 +26,7 @@ from storage import (
     Homework,
     Identity,
     LogEntry,
+    MeasureResponse,
     Occasion,
     OutboxMessage,
     ProcessedInbound,
@@ -47,13 +48,21 @@ def _sams_week(companion: Companion) -> tuple[Chat, Chat]:
     dana.send("/homework Sam\ntitle: Bus practice\nwhat: ride two stops\nrationale: the fear passes if I stay")
     dana.send("save")
     sam.open()
-    for answer in ("it shows the fear passes", "8", "done", WORDS, "calm", "start", "it passes", "3"):
+    for answer in ("it shows the fear passes", "8", "8", "done", WORDS, "calm", "start", "it passes", "3"):
         sam.send(answer)
     sam.send("/log slept badly before the bus")
     sam.send("yes")  # it is about the bus homework
     sam.send("I feel hopeless about all this")  # a concern flag: a message about Sam to Dana may follow
+    dana.send("/plan Sam\ncoping: a walk round the block\npeople: Alex: 07700 900123")
+    dana.send("/measure Sam gad7 once")
+    sam.send("/questionnaire")  # nothing started yet
     with companion.db.unit_of_work() as session:
         client = session.exec(select(Client)).one()
+        session.add(  # a half-finished questionnaire, as the sweep leaves it after two answers
+            MeasureResponse(
+                client_id=client.id or 0, instrument="gad7", started_at=companion.clock.now(), answers=[1, 2]
+            )
+        )
         session.add(
             TherapistNote(
                 client_id=client.id or 0, therapist_id=client.therapist_id, text=NOTE, created_at=companion.clock.now()
@@ -85,6 +94,8 @@ def test_mydata_gives_the_client_their_own_words_and_is_audited(companion: Compa
     assert any(entry["text"] == "slept badly before the bus" for entry in document["logentry"])
     assert any(h["title"] == "Bus practice" for h in document["homework"])
     assert document["messages_sent_to_client"]
+    assert document["safetyplan"][0]["coping"] == "a walk round the block"
+    assert document["measureresponse"][0]["answers"] == [1, 2] and document["measureschedule"]
     assert "therapistnote" not in document and NOTE not in reply  # the therapist's records: ask the therapist
     with companion.db.unit_of_work() as session:
         entry = session.exec(select(AuditEntry).where(AuditEntry.action == "client.export")).one()

@@ -50,7 +50,8 @@ def test_a_client_week(companion: Companion, clock: FrozenClock) -> None:
     assert "Sam has joined" in dana.open()
 
     assert "How confident" in sam.send("To learn whether I actually faint on the bus")
-    assert "When you've done it" in sam.send("8")
+    assert "how important" in sam.send("8").casefold()
+    assert "When you've done it" in sam.send("9")
 
     # Saturday: the debrief, with the experiment's before/after belief ratings.
     clock.advance(days=4)
@@ -91,7 +92,7 @@ def test_a_client_week(companion: Companion, clock: FrozenClock) -> None:
         assert client.timezone == "Europe/London" and client.nudge_time == "18:00"
         homework = session.exec(select(Homework)).one()
         assert homework.rationale_own_words == "To learn whether I actually faint on the bus"
-        assert homework.confidence == 8 and not homework.smaller_version_wanted
+        assert homework.confidence == 8 and homework.importance == 9 and not homework.smaller_version_wanted
         assert homework.type == "behavioural_experiment" and homework.where is not None
         debrief = session.exec(select(Debrief)).one()
         assert debrief.status == DebriefStatus.COMPLETE and debrief.quantity == 4

@@ -50,7 +50,7 @@ def start_week(
     code = invite_code(dana.send(f"/invite {name}"))
     dana.send(TASK.format(name=name, nudges=nudges))
     client = Chat(companion, "client", name.lower())
-    for message in (f"/start {code}", "yes", "London", "6pm", "To find out whether I really faint", confidence):
+    for message in (f"/start {code}", "yes", "London", "6pm", "To find out whether I really faint", confidence, "9"):
         client.send(message)
     if confidence.isdigit() and int(confidence) < 7:
         client.send("yes")

@@ -78,7 +78,7 @@ from bot.web.demo import COOKIE as DEMO_COOKIE
 from bot.wiring import Companion
 from dialogs import signin
 from dialogs.clock import FrozenClock
-from storage import FlagLevel, SafetyFlag
+from storage import FlagLevel, Homework, SafetyFlag
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS
 from tests.conftest import MONDAY, make_companion
@@ -111,16 +111,30 @@ ENGINE_TABLES: Final = frozenset(
         "joinfailure",
         "llmusage",
         "logentry",
+        "measureresponse",
+        "measureschedule",
         "occasion",
         "outboxmessage",
         "processedinbound",
         "safetyflag",
+        "safetyplan",
         "therapistnote",
         "webtoken",
     }
 )
 SWEEP_TABLES: Final = frozenset(
-    {"auditentry", "conversationstate", "debrief", "homework", "identity", "occasion", "outboxmessage"}
+    {
+        "auditentry",
+        "conversationstate",
+        "debrief",
+        "homework",
+        "identity",
+        "occasion",
+        "outboxmessage",
+        "measureschedule",
+        "measureresponse",
+        "client",
+    }
 )
 
 
@@ -163,6 +177,9 @@ ROUTES: Final = (
         "auditentry",
     ),
     _route("POST", "/dashboard/alerts/{flag_id}/ack", "safetyflag", "auditentry"),
+    _route("POST", "/dashboard/clients/{client_id}/plan", "safetyplan", "outboxmessage", "auditentry"),
+    _route("POST", "/dashboard/clients/{client_id}/measure", "measureschedule", "auditentry"),
+    _route("POST", "/dashboard/homework/{homework_id}/reviewed", "homework", "auditentry"),
     _route("GET", "/static", guarded=False),  # the mounted files
 )
 BY_KEY: Final = {route.key: route for route in ROUTES}
@@ -321,6 +338,8 @@ class Web:
         self.sam: int = ids["sam"]  # Dana's client
         self.lee: int = ids["lee"]  # Other's client
         self.lee_flag: int = ids["lee_flag"]  # a safety flag of Other's client
+        self.sam_homework: int = ids["sam_homework"]  # a homework of Dana's client
+        self.lee_homework: int = ids["lee_homework"]  # a homework of Other's client
         self.session: tuple[str, str] | None = None  # Dana's live dashboard session: (cookie, CSRF secret)
 
     def now(self) -> Any:
@@ -350,6 +369,8 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
         ids = {"dana": dana.id, "sam": sam.id, "lee": lee.id}
         other_id = other.id
     ids["lee_flag"] = _flag(companion, client_id=ids["lee"], therapist_id=other_id)
+    ids["sam_homework"] = _homework(companion, client_id=ids["sam"], therapist_id=ids["dana"])
+    ids["lee_homework"] = _homework(companion, client_id=ids["lee"], therapist_id=other_id)
     app = create_app(companion, background=False)
     pool = ThreadPoolExecutor(max_workers=1)  # requests run here, so that one that hangs fails the test
     with TestClient(app, base_url=BASE, raise_server_exceptions=False, follow_redirects=False) as client:
@@ -394,6 +415,17 @@ def _flag(companion: Companion, *, client_id: int, therapist_id: int) -> int:
         session.flush()
         assert flag.id is not None
         return flag.id
+
+
+def _homework(companion: Companion, *, client_id: int, therapist_id: int) -> int:
+    with companion.db.unit_of_work() as session:
+        homework = Homework(
+            client_id=client_id, therapist_id=therapist_id, title="Walk", created_at=companion.clock.now()
+        )
+        session.add(homework)
+        session.flush()
+        assert homework.id is not None
+        return homework.id
 
 
 def fresh_session(web: Web) -> tuple[str, str]:
@@ -748,6 +780,40 @@ def test_alert_ack_with_a_valid_session(web: Web, path_value: str, body: Body) -
     route = BY_KEY["POST", "/dashboard/alerts/{flag_id}/ack"]
     cookies, values = signed(web)
     values |= {OWN: str(_flag(web.companion, client_id=web.sam, therapist_id=web.dana)), OTHER: str(web.lee_flag)}
+    body = Body(_fill_bytes(body.content, values), body.content_type)
+    send(web, route, "POST", url(route, fill(path_value, values), ""), body=body, cookies=cookies)
+
+
+PLAN: Final = {"csrf": CSRF, "coping": "a walk", "people": "Alex: 07700 900123", "environment": "—"}
+MEASURE: Final = {"csrf": CSRF, "instrument": "phq9", "cadence": "weekly"}
+REVIEW: Final = {"csrf": CSRF, "note": "went well"}
+
+
+@fuzzes(
+    ("POST", "/dashboard/clients/{client_id}/plan"),
+    ("POST", "/dashboard/clients/{client_id}/measure"),
+    ("POST", "/dashboard/homework/{homework_id}/reviewed"),
+)
+@pytest.mark.parametrize(
+    ("key", "fields"),
+    [
+        (("POST", "/dashboard/clients/{client_id}/plan"), PLAN),
+        (("POST", "/dashboard/clients/{client_id}/measure"), MEASURE),
+        (("POST", "/dashboard/homework/{homework_id}/reviewed"), REVIEW),
+    ],
+    ids=["plan", "measure", "reviewed"],
+)
+@FUZZ
+@given(path_value=mostly(st.just(OWN), path_values), data=st.data())
+def test_clinical_forms_with_a_valid_session(
+    web: Web, key: tuple[str, str], fields: dict[str, str], path_value: str, data: st.DataObject
+) -> None:
+    """The safety plan, questionnaire and review forms; ``OWN``/``OTHER`` are Dana's and Other's client (homework)."""
+    route = BY_KEY[key]
+    body = data.draw(bodies(mostly(st.just(fields), mutated(fields))))
+    cookies, values = signed(web)
+    if "homework_id" in route.path:
+        values |= {OWN: str(web.sam_homework), OTHER: str(web.lee_homework)}
     body = Body(_fill_bytes(body.content, values), body.content_type)
     send(web, route, "POST", url(route, fill(path_value, values), ""), body=body, cookies=cookies)
 

@@ -48,8 +48,8 @@ def join_sam(companion: Companion, dana: Chat) -> Chat:
 def set_and_accept(dana: Chat, sam: Chat, title: str, due: str = "") -> str:
     dana.send(TASK.format(title=title, due=f"\ndue: {due}" if due else ""))
     delivered = sam.open()
-    sam.send("Because it tests the prediction")
-    sam.send("8")
+    for answer in ("Because it tests the prediction", "8", "9"):  # own words, confidence, importance
+        sam.send(answer)
     return delivered
 
 

@@ -33,6 +33,7 @@ from dialogs.digest import build_client_digest
 from dialogs.digest_text import render_text
 from dialogs.engine import Engine
 from dialogs.llm import LanguageModel, scrub
+from dialogs.llm_jobs import JobRunner
 from storage import AuditEntry, Client, Debrief, LlmUsage, OutboxMessage, Therapist, TherapistNote
 from storage.memory import MemoryHit
 from tests.conftest import make_companion
@@ -123,7 +124,8 @@ def with_llm(companion: Companion, llm: LanguageModel | None, memory: ListMemory
     """The same companion with a model and memory injected into its engine (as bot.wiring does from config)."""
     engine = companion.engine
     injected = Engine(prompts=engine.prompts, clock=engine.clock, settings=engine.settings, llm=llm, memory=memory)
-    return dataclasses.replace(companion, engine=injected)
+    jobs = JobRunner(db=companion.db, engine=injected) if llm is not None else None
+    return dataclasses.replace(companion, engine=injected, jobs=jobs)
 
 
 @pytest.fixture
@@ -131,7 +133,7 @@ def world(sqlite_url: str, clock: FrozenClock, tmp_path: Path) -> Iterator[World
     base = make_companion(sqlite_url, clock, tmp_path)
     model = ScriptedModel(messages=iter(()))
     # A generous timeout for ordinary calls (a loaded CI machine); the hang tests set a small one.
-    llm = LanguageModel(chat=model, provider="fake", model="fake-1", timeout=5, pause_after_timeout=0)
+    llm = LanguageModel(chat=model, provider="fake", model="fake-1", timeout=5, pause_seconds=0)
     memory = ListMemory()
     companion = with_llm(base, llm, memory)
     add_therapist(companion)
@@ -141,6 +143,7 @@ def world(sqlite_url: str, clock: FrozenClock, tmp_path: Path) -> Iterator[World
     sam.open()
     sam.send("so I find out if I really faint")
     sam.send("9")
+    sam.send("9")  # importance
     yield World(companion, model, llm, memory, dana, sam)
     base.db.dispose()
 
@@ -164,6 +167,7 @@ def test_provider_none_builds_no_model_and_makes_no_call(sqlite_companion: Compa
     sam.open()
     sam.send("because")
     sam.send("9")
+    sam.send("9")  # importance
     sam.send("done")
     assert sam.send("Rode two stops") == SURPRISED + "\n\n"
     with sqlite_companion.db.unit_of_work() as session:
@@ -187,10 +191,10 @@ def test_the_reflection_comes_before_the_next_question_and_records_its_prompt(wo
     assert answer == "It sounds like the first minute was the hardest, and then it eased.\n\n" + SURPRISED + "\n\n"
     rows = _rows(world.companion)
     reflection = next(r for r in rows if r.payload["text"].startswith("It sounds like"))
-    assert (reflection.prompt_key, reflection.prompt_version) == ("llm.reflection", "1")
+    assert (reflection.prompt_key, reflection.prompt_version) == ("llm.reflection", "2")
     [usage] = world.usage()
     assert (usage.purpose, usage.outcome, usage.input_tokens, usage.output_tokens) == ("reflection", "ok", 120, 30)
-    assert (usage.prompt_key, usage.prompt_version, usage.model) == ("llm.reflection", "1", "fake-1")
+    assert (usage.prompt_key, usage.prompt_version, usage.model) == ("llm.reflection", "2", "fake-1")
 
 
 def test_one_follow_up_question_whose_answer_joins_the_same_field(world: World) -> None:
@@ -252,20 +256,24 @@ def test_a_hung_model_is_abandoned_after_the_timeout(world: World) -> None:
     assert usage.outcome == "fallback:timeout"
 
 
-def test_after_a_timeout_the_next_messages_do_not_wait_again(world: World) -> None:
-    """One outage costs one wait: calls pause for ``pause_after_timeout`` (a bounded wait of 0.3 s once)."""
-    world.llm.pause_after_timeout, world.llm.timeout = 60, 0.3
-    hang = threading.Event()
-    world.model.script = [hang, reply(GOOD)]
+def test_after_several_provider_timeouts_the_next_messages_do_not_wait(world: World) -> None:
+    """Consecutive provider failures (two here) pause calls: an outage costs a few waits, not one per message."""
+    world.llm.pause_seconds, world.llm.timeout, world.llm.pause_after_failures = 60, 0.3, 2
+    hang, hang2 = threading.Event(), threading.Event()
+    world.model.script = [hang, hang2, reply(GOOD)]
     world.sam.send("done")
     try:
         world.sam.send("Rode two stops")
+        assert not world.llm.paused  # one failure is not an outage
+        world.sam.send("nothing much")
+        assert world.llm.paused
         started = time.monotonic()
-        assert world.sam.send("nothing much") == "What was hard about it?\n\n"
+        assert world.sam.send("the first stop") == "What did you learn, or take away from it?\n\n"
         assert time.monotonic() - started < 0.25
     finally:
         hang.set()
-    assert [u.outcome for u in world.usage()] == ["fallback:timeout"]
+        hang2.set()
+    assert [u.outcome for u in world.usage()] == ["fallback:timeout", "fallback:timeout"]
 
 
 # --- safety, injection, privacy -----------------------------------------------------------
@@ -350,8 +358,12 @@ def test_numbers_read_in_prose_are_confirmed_before_they_are_stored(world: World
         }
     # The budget: one call per client message, and none for the confirmations.
     assert len(world.model.prompts) == 4 and len(world.usage()) == 4
-    confirm_rows = [r for r in _rows(world.companion) if r.prompt_key == "llm.client.confirm_rating"]
-    assert len(confirm_rows) == 2 and all(r.prompt_version == "1" for r in confirm_rows)
+    rows = _rows(world.companion)
+    confirm_rows = [r for r in rows if r.prompt_key == "llm.client.confirm_rating"]
+    assert len(confirm_rows) == 1 and all(r.prompt_version == "1" for r in confirm_rows)
+    # The first confirmation went out with the reflection before it, as one message (one reply per message).
+    merged = [r for r in rows if r.prompt_key == "llm.reflection" and "I'd record 80" in r.payload["text"]]
+    assert len(merged) == 1 and merged[0].payload["kind"] == "choice"
 
 
 def test_the_scripted_question_comes_when_nothing_was_read(world: World) -> None:

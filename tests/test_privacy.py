@@ -32,6 +32,7 @@ def play_a_debrief(companion: Companion) -> None:
     for answer in (
         "it shows the fear passes",
         "8",
+        "8",
         "done",
         SECRET_WORDS,
         "calmer than expected",
@@ -42,6 +43,8 @@ def play_a_debrief(companion: Companion) -> None:
         sam.send(answer)
     sam.send(f"/log {SECRET_WORDS} again")
     sam.send("yes")
+    dana.send("/plan Sam\ncoping: call Aunt Margaret\npeople: Aunt Margaret: 07700 900123")
+    dana.send("/reviewed Sam 1 Aunt Margaret came up again")
     assert SECRET_WORDS in dana.send("/digest Sam")  # readable through the service...
 
 
@@ -61,8 +64,11 @@ def test_stored_values_are_ciphertext_on_both_databases(companion: Companion) ->
     with companion.db.engine.connect() as connection:
         stored = connection.execute(text("SELECT what_happened FROM debrief")).scalar_one()
         payloads = connection.execute(text("SELECT CAST(payload AS TEXT) FROM outboxmessage")).scalars().all()
+        plan = connection.execute(text("SELECT coping, people FROM safetyplan")).one()
+        note = connection.execute(text("SELECT review_note FROM homework")).scalar_one()
     assert stored.startswith(crypto.PREFIX) and "Margaret" not in stored
     assert payloads and all(p.startswith(crypto.PREFIX) for p in payloads)
+    assert all(v.startswith(crypto.PREFIX) and "Margaret" not in v for v in (*plan, note))
 
 
 def test_the_embedded_default_creates_a_private_key_file_once(tmp_path: Path, clock: FrozenClock) -> None:

@@ -89,6 +89,7 @@ def test_reminders_alerts_and_digests_record_their_template_too(sqlite_companion
     sam.open()
     sam.send("it helps")
     sam.send("8")
+    sam.send("8")
     sqlite_companion.clock.set(datetime(2026, 11, 23, 18, 0, tzinfo=UTC))  # type: ignore[attr-defined]
     sweep(db=sqlite_companion.db, engine=sqlite_companion.engine)
     sam.send("I want to kill myself")

@@ -38,6 +38,7 @@ def sam(sqlite_companion: Companion, dana: Chat) -> Chat:
     client.open()
     client.send("it gets me moving")
     client.send("8")
+    client.send("8")  # importance
     return client
 
 

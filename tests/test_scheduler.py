@@ -38,6 +38,7 @@ def setup(companion: Companion, *, tz: str = "London", nudges: str = "", due: st
     sam.open()
     sam.send("it helps my mood")
     sam.send("8")
+    sam.send("9")  # importance
     return dana, sam
 
 

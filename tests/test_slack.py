@@ -160,6 +160,7 @@ def test_link_invite_homework_modal_digest_and_alert(
         for answer in (
             "it calms me",
             "8",
+            "8",
             "done",
             "Breathed for 10 minutes at 9pm in bed",
             "it was easy",
@@ -281,3 +282,60 @@ def test_slack_without_a_signing_secret_refuses_to_start(sqlite_url: str, clock:
 
     with pytest.raises(WiringError, match="SLACK_SIGNING_SECRET"):
         build(Settings(DATABASE_URL=sqlite_url, config_dir=tmp_path, SLACK_BOT_TOKEN="xoxb-x"), clock=clock)
+
+
+def test_the_safety_plan_modal_sets_the_plan_the_client_reads(
+    service: Companion, fake: FakeSlackAPI, tmp_path: Path
+) -> None:
+    add_therapist(service)
+    add_therapist(service, "Eli")
+    join(service, Chat(service, "therapist", "Eli"), "Kim", "kim")
+    code = link(service, tmp_path)
+    sam: dict[str, Chat] = {}
+
+    async def scenario(h: Harness) -> None:
+        await h.command("/companion", f"link {code}")
+        sam["chat"] = join(service, Chat(service, "therapist", "Dana"), "Sam", "sam")
+        await h.command("/plan", "Sam")
+        (opened,) = fake.views
+        client_block = next(b for b in opened["blocks"] if b.get("block_id") == "client")
+        assert [o["value"] for o in client_block["element"]["options"]] == ["Sam"]
+        assert client_block["element"]["initial_option"]["value"] == "Sam"
+        assert [b["block_id"] for b in opened["blocks"] if b["type"] == "input"][1:] == [
+            "warning_signs",
+            "coping",
+            "distractions",
+            "people",
+            "professionals",
+            "environment",
+        ]
+
+        def text(value: str) -> dict[str, Any]:
+            return {"value": {"type": "plain_text_input", "value": value}}
+
+        values = {
+            "client": {"value": {"type": "static_select", "selected_option": {"value": "Sam"}}},
+            "coping": text("cold water on my face\nthe breathing app"),
+            "people": text("Alex (sister): 07700 900123"),
+        }
+        # A crafted submission for another therapist's client is refused.
+        crafted = {**values, "client": {"value": {"type": "static_select", "selected_option": {"value": "Kim"}}}}
+        refused = await h.post(view_submission("plan_modal", crafted, user_id=DANA))
+        assert refused.json()["response_action"] == "errors"
+        saved = await h.post(view_submission("plan_modal", values, user_id=DANA, view_id="VP1"))
+        assert saved.status_code == 200
+        await h.deliver()
+        assert "Saved Sam's safety plan" in texts(fake)
+        # Opened again, the modal shows the plan so far.
+        await h.command("/plan", "sam")
+        again = fake.views[-1]
+        coping = next(b for b in again["blocks"] if b.get("block_id") == "coping")
+        assert coping["element"]["initial_value"] == "cold water on my face\nthe breathing app"
+
+    run(service, scenario)
+    mine = sam["chat"].send("/plan")
+    assert "• cold water on my face" in mine and "• the breathing app" in mine and "• Alex (sister)" in mine
+    with service.db.unit_of_work() as session:
+        from storage import SafetyPlan
+
+        assert session.exec(select(SafetyPlan)).one().client_id != 0

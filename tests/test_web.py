@@ -22,7 +22,7 @@ from bot.web.dashboard import COOKIE
 from bot.web.demo import COOKIE as DEMO_COOKIE
 from bot.wiring import Companion, WiringError
 from dialogs.clock import FrozenClock, OffsetClock, SystemClock
-from storage import AuditEntry, FlagLevel, Homework, SafetyFlag, WebToken
+from storage import AuditEntry, FlagLevel, Homework, MeasureSchedule, SafetyFlag, WebToken
 from storage import queries as q
 from tests.conftest import make_companion
 from tests.support import Chat, add_therapist, join
@@ -366,3 +366,54 @@ def test_pages_carry_security_headers_and_webhooks_do_not(web: tuple[Companion, 
     assert page.headers["cache-control"] == "no-store"
     health = client.get("/healthz")
     assert "content-security-policy" not in health.headers
+
+
+def test_the_safety_plan_and_the_review_mark_from_the_page(web: tuple[Companion, TestClient]) -> None:
+    companion, client = web
+    dana, sam_chat, lee = setup_week(companion)
+    csrf = signed_in(client, link_from(dana))
+    sam = client_id(companion, "Dana", "Sam")
+    page = unescape(client.get(f"/dashboard/clients/{sam}").text)
+    assert "Safety plan: none yet" in page and "1. Warning signs" in page
+    plan = {"csrf": csrf, "coping": "cold water on my face\nthe breathing app", "people": "Alex: 07700 900123"}
+    saved = client.post(f"/dashboard/clients/{sam}/plan", data=plan, follow_redirects=False)
+    assert saved.status_code == 303 and "water" not in saved.headers["location"]
+    assert "Saved Sam's safety plan" in unescape(client.get(saved.headers["location"]).text)
+    assert "saved the safety plan you made together" in sam_chat.open()
+    assert "• the breathing app" in sam_chat.send("/plan")
+    # Another therapist's client, and a form without the CSRF secret, change nothing.
+    assert client.post(f"/dashboard/clients/{lee}/plan", data={**plan, "coping": "x"}).status_code == 404
+    assert client.post(f"/dashboard/clients/{sam}/plan", data={"coping": "x"}).status_code == 403
+
+    dana.send(
+        "/homework Sam\ntitle: Walk\nwhat: a walk\nwhen: 10:00\nwhere: park\nwith whom: alone\n"
+        "record: mood\nrationale: mood"
+    )
+    sam_chat.open()
+    for answer in ("it helps", "8", "9"):
+        sam_chat.send(answer)
+    with companion.db.unit_of_work() as session:
+        homework_id = session.exec(select(Homework.id)).one()
+    page = unescape(client.get(f"/dashboard/clients/{sam}").text)
+    assert "Importance: 9/10" in page and f'action="/dashboard/homework/{homework_id}/reviewed"' in page
+    marked = client.post(
+        f"/dashboard/homework/{homework_id}/reviewed", data={"csrf": csrf, "note": "went well"}, follow_redirects=False
+    )
+    assert marked.status_code == 303
+    page = unescape(client.get(f"/dashboard/clients/{sam}").text)
+    assert "Reviewed " in page and ": went well" in page
+    with companion.db.unit_of_work() as session:
+        homework = session.get(Homework, homework_id)
+        assert homework is not None and homework.review_note == "went well" and homework.reviewed_at is not None
+        actions = [e.action for e in session.exec(select(AuditEntry).where(AuditEntry.client_id == sam))]
+        assert "dashboard.plan.set" in actions and "dashboard.homework.review" in actions
+    overview = unescape(client.get("/dashboard").text)
+    assert "Safety plan" in overview
+    # A questionnaire asked from the page, with the chat's rules.
+    asked = client.post(
+        f"/dashboard/clients/{sam}/measure", data={"csrf": csrf, "instrument": "phq9", "cadence": "weekly"}
+    )
+    assert "PHQ-9: every week · next" in unescape(asked.text)
+    assert client.post(f"/dashboard/clients/{sam}/measure", data={"csrf": csrf, "instrument": "x"}).status_code == 422
+    with companion.db.unit_of_work() as session:
+        assert session.exec(select(MeasureSchedule)).one().cadence == "weekly"

@@ -149,6 +149,8 @@ def test_a_client_week_on_the_try_it_page_shows_on_the_dashboard(server: Server,
     say(page, "client", "To see that the tension comes down by itself")
     expect(last(page, "client")).to_contain_text("How confident")
     tap(page, "client", "8")
+    expect(last(page, "client")).to_contain_text("how important")
+    tap(page, "client", "9")
     expect(last(page, "client")).to_contain_text("When you've done it")
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, "try-it.png", full_page=False)
@@ -214,6 +216,23 @@ def test_a_client_week_on_the_try_it_page_shows_on_the_dashboard(server: Server,
         expect(body).to_contain_text(expected)
     expect(dashboard.locator("figure.chart svg circle.dot-amount")).to_have_count(1)
     shoot(dashboard, "dashboard.png")
+
+    # The safety plan, written in session, from the page; then the homework marked reviewed (the review loop).
+    dashboard.get_by_label("Things I can do on my own").fill("cold water on my face\nthe breathing app")
+    dashboard.get_by_label("People I can ask for help").fill("Alex: 07700 900123")
+    dashboard.get_by_role("button", name="Save the safety plan").click()
+    expect(dashboard.locator(".notice")).to_contain_text("Saved Sam's safety plan")
+    expect(dashboard.locator("#plan")).to_contain_text("Safety plan: last reviewed")
+    expect(dashboard.get_by_label("Things I can do on my own")).to_have_value(
+        "cold water on my face\nthe breathing app"
+    )
+    expect(page.locator(".pane-client .messages")).to_contain_text("saved the safety plan you made together")
+    dashboard.get_by_label("Review note (private to you)").fill("went well; keep the time")
+    dashboard.get_by_role("button", name="Mark reviewed").click()
+    expect(dashboard.locator("#homework-1")).to_contain_text("went well; keep the time")
+    expect(dashboard.locator("#homework-1").get_by_role("button", name="Mark reviewed")).to_have_count(0)
+    expect(dashboard.locator("#homework-1")).to_contain_text("Importance: 9/10")
+    shoot(dashboard, "dashboard-clinical.png")
 
     # Set homework from the page: the missing specificity is named first, then "Save anyway" saves it.
     dashboard.get_by_role("link", name="Set homework").click()

@@ -144,6 +144,7 @@ def test_a_client_week_over_whatsapp(db_url: str, clock: FrozenClock, tmp_path: 
         assert "New homework from Dana: Worry time" in delivered and "In your own words" in delivered
         assert "(0–10)" in await h.say("it shows I can choose when to worry")
         await h.say("9")
+        await h.say("9")  # importance
         clock.advance(days=1)
         assert "What happened" in await h.say("done")
         for answer in ("Sat at 6pm for 15 minutes", "Most worries had faded", "Not checking my phone", "They can wait"):
@@ -197,6 +198,7 @@ def test_stop_mid_debrief_stops_everything_and_start_resumes(service: Companion,
         await h.new()
         await h.say("fine")
         await h.say("8")
+        await h.say("8")
         await h.say("done")
         assert "won't send you any more messages" in await h.say("STOP")
         assert "Sam sent /stop" in dana.open()
@@ -215,6 +217,7 @@ def _nudge_after_window(h: Harness, companion: Companion, clock: FrozenClock) ->
         dana.send("save")
         await h.new()
         await h.say("it lifts my mood")
+        await h.say("8")
         await h.say("8")
         clock.advance(days=1, hours=9)  # Tuesday 18:00: more than 24 h since Sam last wrote
         sweep(db=companion.db, engine=companion.engine)
@@ -374,3 +377,29 @@ def test_the_direct_safety_question_and_the_note_offer_in_numbered_replies(
     with service.db.unit_of_work() as session:
         assert [e.text for e in session.exec(select(LogEntry))] == ["honestly some days I wish I just wouldn't wake up"]
         assert session.exec(select(SafetyFlag)).one().question_status == "no"
+
+
+def test_a_questionnaire_over_whatsapp_uses_numbered_replies(
+    service: Companion, fake: FakeTwilioAPI, clock: FrozenClock
+) -> None:
+    from datetime import UTC, datetime
+
+    from storage import MeasureResponse
+
+    async def scenario(h: Harness) -> None:
+        dana = await join_sam(h, service)
+        assert "GAD-7 for Sam: once" in dana.send("/measure Sam gad7 once")
+        clock.set(datetime(2026, 11, 23, 19, 0, tzinfo=UTC))  # Sam's reminder time, 19:00 London
+        sweep(db=service.db, engine=service.engine)
+        asked = await h.new()
+        assert "1/7. Feeling nervous, anxious or on edge" in asked
+        assert "(1 Not at all · 2 Several days · 3 More than half the days · 4 Nearly every day)" in asked
+        assert "2/7" in await h.say("2")  # option 2: "Several days", scored 1
+        for reply in ("1", "1", "1", "1", "1"):
+            await h.say(reply)
+        assert "that's all" in await h.say("4")  # option 4: "Nearly every day", scored 3
+
+    run(service, fake, scenario)
+    with service.db.unit_of_work() as session:
+        response = session.exec(select(MeasureResponse)).one()
+        assert response.answers == [1, 0, 0, 0, 0, 0, 3] and response.score == 4 and response.band == "minimal"

@@ -24,14 +24,25 @@ from starlette.concurrency import run_in_threadpool
 from bot.web._pages import RowId, templates
 from bot.web.chart import adherence_chart
 from bot.wiring import Companion
-from dialogs import access, signin
+from dialogs import access, measures, review, safety_plan, signin
 from dialogs.digest import build_caseload, build_client_digest
-from dialogs.digest_text import quote, rubric
+from dialogs.digest_text import measure_line, quote, rubric
 from dialogs.homework import SPECIFICITY, missing_elements, normalise_field, set_homework
-from dialogs.messages import enqueue
-from storage import Client, Debrief, FlagLevel, Homework, LogEntry, Occasion, SafetyFlag, Therapist, WebToken
+from dialogs.messages import Outbound, enqueue
+from storage import (
+    Client,
+    Debrief,
+    FlagLevel,
+    Homework,
+    LogEntry,
+    MeasureSchedule,
+    Occasion,
+    SafetyFlag,
+    Therapist,
+    WebToken,
+)
 from storage import queries as q
-from storage.models import HOMEWORK_FIELDS, DebriefStatus
+from storage.models import HOMEWORK_FIELDS, SAFETY_PLAN_FIELDS, DebriefStatus
 
 COOKIE: Final = "companion_session"
 OUTCOMES: Final = ("delivered", "pending_join", "pending_busy", "pending_inactive")
@@ -195,7 +206,9 @@ def router(companion: Companion) -> APIRouter:
         return await run(request, work)
 
     @api.get("/clients/{client_id}", response_class=HTMLResponse)
-    async def client_page(request: Request, client_id: RowId, saved: int | None = None, outcome: str = "") -> Response:
+    async def client_page(
+        request: Request, client_id: RowId, saved: int | None = None, outcome: str = "", plan: str = ""
+    ) -> Response:
         def work(session: Session, who: Signed, _fields: dict[str, str]) -> Page:
             client = access.own_client(session, therapist_id=who.therapist_id, client_id=client_id)
             if client is None:
@@ -206,6 +219,8 @@ def router(companion: Companion) -> APIRouter:
                 notice = prompts.text(
                     f"therapist.homework.{outcome}", id=saved, client=client.name, status=client.status
                 )
+            elif plan == "saved":
+                notice = prompts.text("plan.saved", client=client.name)
             return Page("client.html", {**_client_context(session, who, client), "notice": notice})
 
         return await run(request, work)
@@ -269,6 +284,85 @@ def router(companion: Companion) -> APIRouter:
 
         return await run(request, work, form=True)
 
+    @api.post("/clients/{client_id}/plan")
+    async def plan_save(request: Request, client_id: RowId) -> Response:
+        """The safety plan form: every step as written (an emptied step is cleared); the client is told."""
+
+        def work(session: Session, who: Signed, fields: dict[str, str]) -> Page:
+            client = access.own_client(session, therapist_id=who.therapist_id, client_id=client_id)
+            if client is None:
+                return _not_found(prompts)
+            draft = {f: fields.get(f, "").strip()[:4000] for f in SAFETY_PLAN_FIELDS}
+            safety_plan.store(session, client=client, draft=draft, now=now())
+            access.audit(session, actor=who.actor, action="dashboard.plan.set", now=now(), client=client)
+            chat = q.latest_identity(session, client_id=client.id)
+            if chat is not None:
+                told = Outbound(prompts.text("plan.told_client", therapist=who.therapist.name))
+                enqueue(session, channel=chat.channel, address=chat.address, message=told, now=now())
+            return Page(redirect=f"/dashboard/clients/{client.id}?plan=saved#plan")
+
+        return await run(request, work, form=True)
+
+    @api.post("/clients/{client_id}/measure")
+    async def measure_set(request: Request, client_id: RowId) -> Response:
+        """Ask a questionnaire in chat (the same rules as ``/measure``)."""
+
+        def work(session: Session, who: Signed, fields: dict[str, str]) -> Page:
+            client = access.own_client(session, therapist_id=who.therapist_id, client_id=client_id)
+            instrument = measures.instruments(prompts.locale).get(fields.get("instrument", ""))
+            cadence = fields.get("cadence", "")
+            if client is None:
+                return _not_found(prompts)
+            if instrument is None or cadence not in measures.CADENCES:
+                return Page("error.html", {"message": prompts.text("measure.unknown", usage="")}, status=422)
+            measures.set_schedule(
+                session,
+                client=client,
+                instrument=instrument,
+                cadence=cadence,
+                settings=companion.engine.settings,
+                now=now(),
+            )
+            access.audit(
+                session,
+                actor=who.actor,
+                action="dashboard.measure.set",
+                now=now(),
+                client=client,
+                instrument=instrument.key,
+                cadence=cadence,
+            )
+            return Page(redirect=f"/dashboard/clients/{client.id}#measures")
+
+        return await run(request, work, form=True)
+
+    @api.post("/homework/{homework_id}/reviewed")
+    async def mark_reviewed(request: Request, homework_id: RowId) -> Response:
+        """The review button: marks the homework reviewed in session, with the therapist's private note."""
+
+        def work(session: Session, who: Signed, fields: dict[str, str]) -> Page:
+            homework = session.get(Homework, homework_id)
+            client = (
+                access.own_client(session, therapist_id=who.therapist_id, client_id=homework.client_id)
+                if homework
+                else None
+            )
+            if homework is None or client is None:
+                return _not_found(prompts)
+            note = " ".join(fields.get("note", "").split())[:1000] or None
+            review.mark(session, homework=homework, therapist_id=who.therapist_id, note=note, now=now())
+            access.audit(
+                session,
+                actor=who.actor,
+                action="dashboard.homework.review",
+                now=now(),
+                client=client,
+                homework_id=homework.id,
+            )
+            return Page(redirect=f"/dashboard/clients/{client.id}#homework-{homework.id}")
+
+        return await run(request, work, form=True)
+
     @api.post("/alerts/{flag_id}/ack")
     async def acknowledge(request: Request, flag_id: RowId) -> Response:
         def work(session: Session, who: Signed, fields: dict[str, str]) -> Page:
@@ -325,6 +419,16 @@ def router(companion: Companion) -> APIRouter:
             "flags": flags,
             "crisis": FlagLevel.CRISIS,
             "timeline": _timeline(session, client, {h.id: h for h in homeworks}),
+            "plan": safety_plan.plan_of(session, client.id or 0),
+            "plan_fields": SAFETY_PLAN_FIELDS,
+            "plan_items": safety_plan.items,
+            "measures": model.measures,
+            "measure_chart": measures.chart_points(model.measures),
+            "review": model.review,
+            "measure_line": lambda view: measure_line(prompts, view, who.therapist.timezone),
+            "instruments": measures.instruments(prompts.locale),
+            "cadences": measures.CADENCES,
+            "schedules": session.exec(select(MeasureSchedule).where(MeasureSchedule.client_id == client.id)).all(),
         }
 
     def _agenda_lines(model: Any) -> list[str]:

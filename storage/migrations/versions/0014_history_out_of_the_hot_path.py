@@ -1,7 +1,7 @@
 """history out of the hot path: indexes on current state, why a homework closed, weekly debrief sums
 
 Revision ID: 0014
-Revises: 0009
+Revises: 0013
 Create Date: 2026-12-03 19:00:00
 
 Existing homework is left as it is (a therapist's open homework stays open
@@ -22,7 +22,7 @@ from alembic import op
 import storage._types
 
 revision = "0014"
-down_revision = "0009"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
