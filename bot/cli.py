@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from sqlmodel import Session, select
 
-from bot import cli_privacy, logs
+from bot import cli_ops, cli_privacy, logs
 from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
@@ -98,6 +98,9 @@ def run(
         if config is not None:  # the workers read the same file
             os.environ[CONFIG_ENV] = str(config.resolve())
         companion.db.dispose()  # the schema is up to date; each worker builds its own companion
+        from bot.metrics import prepare_multiprocess
+
+        prepare_multiprocess()  # the workers' counters are summed by whichever one answers /metrics
         from bot import workers as worker_processes
 
         if worker_processes.supported():  # one socket per worker: connections spread evenly (see bot.workers)
@@ -400,6 +403,7 @@ def db_revision(message: str, config: ConfigOption = None) -> None:
 
 
 cli_privacy.register(app, therapist_app, lambda config: _companion(config, quiet=True))
+cli_ops.register(app, _settings)
 
 
 def _period(text: str) -> timedelta | None:

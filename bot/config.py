@@ -30,6 +30,8 @@ SECRET_KEYS: Final = tuple(
         "twilio_auth_token",
         "data_key",
         "companion_data_key",
+        "metrics_token",
+        "companion_metrics_token",
     )
     for name in (key, key.upper())
 )
@@ -323,6 +325,8 @@ class Settings(BaseSettings):
     twilio_account_sid: SecretStr | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
     data_key: SecretStr | None = Field(default=None, validation_alias="COMPANION_DATA_KEY")
+    # /metrics answers only with this bearer token; unset, there is no /metrics at all (bot.metrics).
+    metrics_token: SecretStr | None = Field(default=None, validation_alias="COMPANION_METRICS_TOKEN")
     log_level: str = "INFO"
     # Debug only: let client text reach the logs (SQL parameters, validation inputs). Announced at start.
     log_text: bool = False

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from bot import metrics
 from bot.limits import BodyLimit
 from bot.wiring import Companion
 from channels.base import AsyncOutputChannel
@@ -60,7 +61,7 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
         shared = SharedBudget(companion.db, channel.name, limits.messages_per_second)
         return OutboxSender(
             db=companion.db,
-            channel=channel,
+            channel=metrics.instrumented(channel),  # counts each delivery's result for /metrics
             clock=companion.clock,
             prompts=companion.engine.prompts,
             limiter=RateLimiter(limits.messages_per_second, limits.per_chat_per_second, shared=shared),
@@ -136,6 +137,7 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
                 engine=companion.engine,
                 interval_seconds=settings.scheduler.interval_seconds,
                 retention=settings.retention_policy(),
+                on_sweep=metrics.record_sweep,
             )
         try:
             yield
@@ -276,4 +278,6 @@ def create_app(companion: Companion, *, run_scheduler: bool = False, background:
     from bot.web import mount
 
     mount(app, companion)  # the dashboard; the try-it chat too when enabled (refused on a public host)
+    metrics.mount(app, companion)  # /metrics, only with COMPANION_METRICS_TOKEN and then only with it
+    app.add_middleware(metrics.InboundMetrics, paths=metrics.webhook_paths(companion))
     return app

@@ -90,7 +90,10 @@ def language_model(settings: Settings) -> LanguageModel | None:
         from langchain.chat_models import init_chat_model
     except ImportError as exc:
         raise WiringError("llm.provider needs LangChain: pip install 'homework-companion[llm]'") from exc
-    kwargs: dict[str, Any] = {"temperature": config.temperature}
+    from bot.metrics import llm_callbacks
+
+    # Counts and times every call for /metrics (LangChain's callbacks see each call's start, end and error).
+    kwargs: dict[str, Any] = {"temperature": config.temperature, "callbacks": llm_callbacks(config.provider)}
     if config.provider == "ollama":
         kwargs.update(num_predict=config.max_tokens, client_kwargs={"timeout": config.timeout_seconds})
     else:

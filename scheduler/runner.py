@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from dialogs.engine import Engine
 from dialogs.retention import RetentionPolicy
-from scheduler.sweep import purge, sweep
+from scheduler.sweep import SweepReport, purge, sweep
 from storage import Database
 
 log = logging.getLogger("companion.scheduler")
 
 
 def start(
-    *, db: Database, engine: Engine, interval_seconds: float, retention: RetentionPolicy | None = None
+    *,
+    db: Database,
+    engine: Engine,
+    interval_seconds: float,
+    retention: RetentionPolicy | None = None,
+    on_sweep: Callable[[SweepReport | None, float], None] | None = None,
 ) -> AsyncIOScheduler:
     """Start one interval job that sweeps due work; call from inside the running event loop.
 
@@ -23,14 +30,18 @@ def start(
     work is rows with a due time, so it survives restarts and is shared by
     processes. The sweep is synchronous (database work) and runs in
     APScheduler's thread pool, off the event loop; ``max_instances=1`` keeps
-    a slow sweep from overlapping the next.
+    a slow sweep from overlapping the next. ``on_sweep`` hears each sweep's
+    report (None when it raised) and its duration in seconds (for /metrics).
     """
 
     def job() -> None:
+        began, report = time.perf_counter(), None
         try:
-            sweep(db=db, engine=engine)
+            report = sweep(db=db, engine=engine)
         except Exception:  # a failed sweep must not stop the next one
             log.exception("sweep failed")
+        if on_sweep is not None:
+            on_sweep(report, time.perf_counter() - began)
 
     scheduler = AsyncIOScheduler()
     scheduler.add_job(job, "interval", seconds=interval_seconds, max_instances=1, coalesce=True, id="sweep")

@@ -10,11 +10,14 @@ from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
 
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
+# The advisory lock that serialises schema upgrades on PostgreSQL, one per schema (search_path), so
+# processes starting together migrate once: the first upgrades, the others wait and find it done.
+MIGRATION_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('homework-companion:migrate:' || current_schema()))"
 
 
 def normalise_url(url: str) -> str:
@@ -106,8 +109,17 @@ class Database:
                 raise
 
     def upgrade(self, revision: str = "head") -> None:
-        """Bring the schema to ``revision`` (idempotent; run on every start)."""
+        """Bring the schema to ``revision`` (idempotent; run on every start).
+
+        Safe when several processes start at once: on PostgreSQL the upgrade
+        runs under a transaction-scoped advisory lock, so one process migrates
+        and the others wait for its commit, then find nothing to do. SQLite
+        serialises writers itself (and several processes there is not a
+        supported deployment).
+        """
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(MIGRATION_LOCK))
             config = alembic_config(self.url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

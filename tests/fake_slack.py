@@ -247,6 +247,8 @@ class FakeSlackAPI(ServedFake):
         self.bot_user_id = bot_user_id
         self.team_id = team_id
         self.bot_id = bot_id
+        # The bot token's granted scopes (Slack's x-oauth-scopes header); those deploy/slack-app-manifest.yaml asks for.
+        self.scopes: list[str] = ["chat:write", "commands", "im:write", "files:write"]
         self._lock = threading.RLock()
         self._changed = threading.Event()
         self._stopped = threading.Event()
@@ -496,7 +498,7 @@ class FakeSlackAPI(ServedFake):
         return blocks
 
     def _auth_test(self, params: dict[str, Any]) -> _Reply:
-        return _ok(
+        reply = _ok(
             url="https://companion-test.slack.com/",
             team="Companion Test",
             user="companion",
@@ -505,6 +507,8 @@ class FakeSlackAPI(ServedFake):
             bot_id=self.bot_id,
             is_enterprise_install=False,
         )
+        reply.headers["x-oauth-scopes"] = ",".join(self.scopes)
+        return reply
 
     def _bot_message(self, ts: str, params: dict[str, Any], blocks: list[dict[str, Any]] | None) -> dict[str, Any]:
         message: dict[str, Any] = {

@@ -213,6 +213,10 @@ class _Handler(KeepAliveHandler):
     def _answer(self, fake: FakeBotAPI, received: float) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client died mid-request (a SIGKILLed sender): Telegram never sees a cut-off request.
+            self.close_connection = True
+            return
         split = urlsplit(self.path)
         try:
             params = _decode_mapping(dict(parse_qsl(split.query, keep_blank_values=True)))
@@ -276,6 +280,7 @@ class FakeBotAPI(ServedFake):
         self._poll_generation = 0
         self._rules = _Rules()
         self._webhook: dict[str, Any] | None = None
+        self._webhook_error: tuple[int, str] | None = None  # (unix time, message) of the last failed delivery
         self._chats: dict[str, dict[str, Any]] = {}
         self._next_message_id: dict[str, int] = {}
         self._messages: dict[tuple[str, int], dict[str, Any]] = {}
@@ -656,6 +661,11 @@ class FakeBotAPI(ServedFake):
         self._webhook = dict(params)
         return _ok(True)
 
+    def webhook_failed(self, message: str, at: int) -> None:
+        """Make getWebhookInfo report a failed delivery (``last_error_date``, ``last_error_message``)."""
+        with self._cond:
+            self._webhook_error = (at, message)
+
     def _delete_webhook(self, params: dict[str, Any]) -> _Reply:
         if params.get("drop_pending_updates") is True:
             self._drop_all_updates()
@@ -679,6 +689,8 @@ class FakeBotAPI(ServedFake):
             for name in ("max_connections", "allowed_updates", "ip_address"):
                 if name in self._webhook:
                     info[name] = self._webhook[name]
+            if self._webhook_error is not None:
+                info["last_error_date"], info["last_error_message"] = self._webhook_error
         return _ok(info)
 
     def _confirm(self, offset: int) -> None:

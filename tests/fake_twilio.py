@@ -41,6 +41,8 @@ SANDBOX_NUMBER = "whatsapp:+14155238886"  # Twilio's WhatsApp sandbox sender
 API_VERSION = "2010-04-01"
 MAX_BODY = 1600
 
+_ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)\.json$")
+_NUMBERS_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/IncomingPhoneNumbers\.json$")
 _MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _CHANNEL = "whatsapp:"
@@ -182,6 +184,8 @@ class FakeTwilioAPI(ServedFake):
         self._thread: threading.Thread | None = None
         self._calls: list[Call] = []
         self._messages: list[tuple[str, dict[str, str]]] = []  # (sid, params) of each successful create
+        self.account_status = "active"  # what GET Accounts/{sid}.json reports ("suspended", "closed")
+        self.numbers: list[str] = []  # the account's own phone numbers (E.164), for IncomingPhoneNumbers
         self._faults: list[_Fault] = []
         self._hangs: list[_Hang] = []
 
@@ -272,6 +276,9 @@ class FakeTwilioAPI(ServedFake):
         params = dict(pairs)
         with self._lock:
             self._calls.append(Call(method, path, dict(params), received))
+        read = _ACCOUNT_PATH.match(path) or _NUMBERS_PATH.match(path)
+        if read is not None and method == "GET":
+            return self._read(read, params, authorization)
         match = _MESSAGES_PATH.match(path)
         if match is None:
             return _error(404, 20404, f"The requested resource {path} was not found")
@@ -291,6 +298,43 @@ class FakeTwilioAPI(ServedFake):
                 reply = self._validate(params, media) or self._create(params, media)
         reply.delay = delay
         return reply
+
+    def _read(self, match: re.Match[str], params: dict[str, str], authorization: str | None) -> _Reply:
+        """The account resource, or its IncomingPhoneNumbers list (filtered by PhoneNumber as Twilio does)."""
+        if not self._authenticated(authorization, match["account"]):
+            return _error(401, 20003, "Authenticate", detail="Your AccountSid or AuthToken was incorrect.")
+        base = f"/{API_VERSION}/Accounts/{self.account_sid}"
+        if match.re is _ACCOUNT_PATH:
+            return _Reply(
+                200,
+                {
+                    "sid": self.account_sid,
+                    "friendly_name": "Companion test account",
+                    "status": self.account_status,
+                    "type": "Full",
+                    "uri": f"{base}.json",
+                },
+            )
+        wanted = params.get("PhoneNumber")
+        numbers = [n for n in self.numbers if wanted is None or n == wanted]
+        rows = [
+            {"sid": _sid("PN"), "account_sid": self.account_sid, "phone_number": n, "friendly_name": n} for n in numbers
+        ]
+        uri = f"{base}/IncomingPhoneNumbers.json"
+        return _Reply(
+            200,
+            {
+                "incoming_phone_numbers": rows,
+                "page": 0,
+                "page_size": 50,
+                "start": 0,
+                "end": max(0, len(rows) - 1),
+                "uri": uri,
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "previous_page_uri": None,
+            },
+        )
 
     def _take_fault(self) -> _Fault | None:
         if not self._faults:
