@@ -1,6 +1,6 @@
 """Every benchmark in one command; prints a line per run as it goes and a table to paste into BENCHMARKS.md.
 
-    python -m bench [inbound] [outbound] [sweep] [digest] [kill] [history]   (default: all of them)
+    python -m bench [inbound] [outbound] [sweep] [digest] [kill] [safety] [history]   (default: all of them)
         [--backends sqlite,postgresql] [--workers 1,2] [--duration 15] [--quick]
 
     inbound   `companion run` (webhook) under Telegram-format load, with its memory, and the bare-stack ceiling
@@ -8,6 +8,7 @@
     sweep     bench.scheduler_sweep (100,000 due nudges)
     digest    bench.digest (50 clients x 8 weeks)
     kill      bench.kill (`companion run` killed three times while 2,000 nudges go out)
+    safety    bench.safety_screen (p50/p95 per message: the lexicon alone and the combined risk screen)
     history   bench.history (one client at 5 / 100 / 400 homework; 50 clients x 2 years)
 
 PostgreSQL runs use a fresh schema in $COMPANION_BENCH_POSTGRES_URL (default
@@ -26,7 +27,7 @@ from typing import Any
 from bench import inbound, outbound
 from bench._support import load_average, machine
 
-ALL = ("inbound", "outbound", "sweep", "digest", "kill", "history")
+ALL = ("inbound", "outbound", "sweep", "digest", "kill", "safety", "history")
 
 
 def _run_module(module: str, *args: str) -> list[str]:
@@ -94,6 +95,12 @@ def main() -> None:
             backend, _, result = line.removeprefix("kill ").partition(" ")
             row = f"| kill -9 mid-dispatch | {backend} | {nudges} nudges | {result.strip()} | {load_average()} |"
             table.append(row)
+    if "safety" in which:
+        for line in _run_module("bench.safety_screen", "--messages", "200" if args.quick else "1000"):
+            if line.startswith("mix"):
+                continue
+            name, figures = line.split(": ", 1)
+            table.append(f"| risk screen: {name} | - | per message | {figures} | {load_average()} |")
     if "history" in which:
         quick = ("--levels", "2,6", "--window", "2", "--weeks", "8", "--repeat", "2") if args.quick else ()
         _run_module("bench.history", *quick)  # prints its own two tables (levels of one client; the caseload)

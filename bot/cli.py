@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from sqlmodel import Session, select
 
-from bot import cli_ops, cli_privacy, logs
+from bot import cli_ops, cli_privacy, cli_safety, logs
 from bot.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from bot.wiring import Companion, WiringError, build
 from channels import console
@@ -404,6 +404,7 @@ def db_revision(message: str, config: ConfigOption = None) -> None:
 
 cli_privacy.register(app, therapist_app, lambda config: _companion(config, quiet=True))
 cli_ops.register(app, _settings)
+cli_safety.register(app)
 
 
 def _period(text: str) -> timedelta | None:

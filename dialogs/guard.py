@@ -26,8 +26,6 @@ from storage import Client, Debrief, DebriefStatus, FlagLevel, Homework, Identit
 from storage import queries as q
 
 ALERT_TEXT_LIMIT: Final = 1000  # the therapist sees this much of the message in the alert itself
-# The learned layer's probability above which a message is a question outside the remit.
-SCOPE_THRESHOLD: Final = 0.5
 
 
 def resources(prompts: Prompts, settings: DialogSettings, timezone: str | None) -> str:
@@ -83,7 +81,8 @@ def _scope(turn: Turn, assessment: RiskAssessment, therapist: str) -> bool:
     # A question outside the remit may also be a concern ("can I drink on my
     # meds?"): both replies, and it is not taken as an answer.
     reasons = scope_reasons(turn.prompts, turn.text)
-    if not reasons and assessment.scope >= SCOPE_THRESHOLD:
+    # The learned scope head's own threshold (chosen on cross-validation, in head.json).
+    if not reasons and assessment.scope_question:
         reasons = ["outside the remit (learned layer)"]
     if not reasons:
         return False

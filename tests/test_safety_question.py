@@ -21,7 +21,7 @@ from tests.test_telegram import SAM, Harness, joined, telegram_companion
 
 # Messages the real screen puts in its grey zone (the tests check that first), with different signals.
 GREY = "honestly some days I wish I just wouldn't wake up"
-OTHER_GREY = "I want to die lol jk"
+OTHER_GREY = "kms lol"  # (not "I want to die lol jk": the learned layer is confident of that one: crisis)
 QUESTION = "are you thinking about ending your life, or are you in danger right now?"
 
 

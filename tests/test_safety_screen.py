@@ -1,4 +1,10 @@
-"""Tests for dialogs.safety: recall and false alarms on the labelled set, hostile input, properties."""
+"""Tests for the risk screen's lexicon layer: recall and false alarms on the labelled sets, hostile input, properties.
+
+These test ``dialogs.safety.lexicon`` alone (the layer these sets were written
+for); the combined screen, ``dialogs.safety.assess``, is tested in
+tests/test_safety_learned.py, which also checks that it keeps every one of the
+lexicon's crises here.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialogs.safety import LEVELS, RiskAssessment, assess, known_reasons
 from dialogs.safety import lexicon as safety
+from dialogs.safety.lexicon import LEVELS, RiskAssessment, assess, known_reasons
 
 DATA_DIR: Final = Path(__file__).resolve().parent / "data"
 # The original labelled set, and a second batch written independently, before its author read

@@ -24,13 +24,14 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
 import yaml
 
-Level = Literal["none", "concern", "crisis"]
+from dialogs.safety.verdict import LEVELS, Level, RiskAssessment, Signal
 
-LEVELS: Final[tuple[Level, ...]] = ("none", "concern", "crisis")
+__all__ = ["DEFAULT_LOCALE", "LEVELS", "Level", "RiskAssessment", "Signal", "assess", "known_reasons"]
+
 DEFAULT_LOCALE: Final = "en"
 LEXICON_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "prompts" / "safety"
 # The only locale names ever turned into a file name: no path tricks through `locale`.
@@ -47,33 +48,6 @@ _FAILSAFE_REASON: Final = "screen could not run"
 # urge or a passive wish may still hide active risk, so the screen asks directly (the grey zone).
 # Modifiers that explain the words away (sport, fiction, someone else, the past...) do not ask.
 _GREY_LABELS: Final = frozenset({"denied", "hypothetical", "possibly joking", "urge resisted", "passive"})
-
-
-@dataclass(frozen=True)
-class Signal:
-    """What one layer of the screen said: fixed strings and a number, never message text."""
-
-    layer: str  # "lexicon" | "learned" | "llm" | "question"
-    level: Level
-    score: float | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class RiskAssessment:
-    """The screen's verdict: a level and short, fixed, therapist-safe reasons (never message text).
-
-    ``ask`` marks the grey zone: the dialog asks the direct safety question
-    (dialogs.checkin). ``signals`` say which layer fired, with its score;
-    ``scope`` is the learned layer's probability that this is a question
-    outside the companion's remit.
-    """
-
-    level: Level
-    reasons: tuple[str, ...] = ()
-    ask: bool = False
-    signals: tuple[Signal, ...] = ()
-    scope: float = 0.0
 
 
 _NO_RISK: Final = RiskAssessment("none", ())
