@@ -1,6 +1,6 @@
 """Every benchmark in one command; prints a line per run as it goes and a table to paste into BENCHMARKS.md.
 
-    python -m bench [inbound] [outbound] [sweep] [digest] [kill] [safety]   (default: all of them)
+    python -m bench [inbound] [outbound] [sweep] [digest] [kill] [safety] [history]   (default: all of them)
         [--backends sqlite,postgresql] [--workers 1,2] [--duration 15] [--quick]
 
     inbound   `companion run` (webhook) under Telegram-format load, with its memory, and the bare-stack ceiling
@@ -9,6 +9,7 @@
     digest    bench.digest (50 clients x 8 weeks)
     kill      bench.kill (`companion run` killed three times while 2,000 nudges go out)
     safety    bench.safety_screen (p50/p95 per message: the lexicon alone and the combined risk screen)
+    history   bench.history (one client at 5 / 100 / 400 homework; 50 clients x 2 years)
 
 PostgreSQL runs use a fresh schema in $COMPANION_BENCH_POSTGRES_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
@@ -26,7 +27,7 @@ from typing import Any
 from bench import inbound, outbound
 from bench._support import load_average, machine
 
-ALL = ("inbound", "outbound", "sweep", "digest", "kill", "safety")
+ALL = ("inbound", "outbound", "sweep", "digest", "kill", "safety", "history")
 
 
 def _run_module(module: str, *args: str) -> list[str]:
@@ -100,6 +101,9 @@ def main() -> None:
                 continue
             name, figures = line.split(": ", 1)
             table.append(f"| risk screen: {name} | - | per message | {figures} | {load_average()} |")
+    if "history" in which:
+        quick = ("--levels", "2,6", "--window", "2", "--weeks", "8", "--repeat", "2") if args.quick else ()
+        _run_module("bench.history", *quick)  # prints its own two tables (levels of one client; the caseload)
     print()
     print(f"# {machine()}")
     print("| benchmark | database | size | result | load average |")

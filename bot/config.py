@@ -116,6 +116,7 @@ class NudgeSettings(_Section):
     daily_cap: int = Field(default=3, ge=1, le=20)
     follow_up_hours: float = Field(default=24, gt=0, le=24 * 7)
     horizon_days: int = Field(default=7, ge=1, le=90)
+    homework_grace_days: float = Field(default=2, ge=0, le=90)
     digest_lead_hours: float = Field(default=2, ge=0, le=72)
 
     @field_validator("quiet_start", "quiet_end")
@@ -413,6 +414,7 @@ class Settings(BaseSettings):
             follow_up_after=timedelta(hours=self.nudges.follow_up_hours),
             catch_up_grace=timedelta(minutes=self.scheduler.catch_up_grace_minutes),
             horizon_days=self.nudges.horizon_days,
+            homework_grace=timedelta(days=self.nudges.homework_grace_days),
             digest_lead=timedelta(hours=self.nudges.digest_lead_hours),
             dashboard_url=f"{self.web_base_url}/dashboard",
             dashboard_link_ttl=timedelta(minutes=self.web.link_ttl_minutes),

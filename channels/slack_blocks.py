@@ -14,6 +14,7 @@ from dialogs.digest_text import (
     caseload_clinical,
     clinical_lines,
     measure_line,
+    older_open_line,
     quantity_fields,
     quote,
     rubric,
@@ -277,6 +278,9 @@ def digest_messages(digest: ClientDigest, prompts: Prompts) -> list[list[Block]]
         units.append(_sections([_bold(_fill(prompts, "digest.no_homework"))]))
     for homework in digest.homeworks:
         units += _homework(prompts, digest, homework)
+    older = older_open_line(digest, prompts)
+    if older:
+        units.append(_context([escape(older)]))
     if digest.logs:
         lines = [_bold(_fill(prompts, "digest.logs_header", client=digest.client))]
         lines += ["• " + _fill(prompts, "digest.log_line", when=_when(m, tz), text=quote(x)) for m, x in digest.logs]

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from dialogs import client_data, llm_steps, measures, nudges, onboarding, safety_plan
+from dialogs import client_data, history, llm_steps, measures, nudges, onboarding, safety_plan
 from dialogs.digest import judged
 from dialogs.homework import as_fields, details
 from dialogs.messages import Option
@@ -456,6 +456,15 @@ def debrief_step(turn: Turn) -> None:
         occasion = turn.session.get(Occasion, debrief.occasion_id) if debrief.occasion_id else None
         debrief.criteria = judged(turn.prompts, debrief, [e.key for e in _extras(turn, debrief)], occasion)
         turn.session.add(debrief)
+        assert turn.client is not None
+        history.count_debrief(  # the trend reads weekly sums, not every debrief (dialogs.history)
+            turn.session,
+            client_id=debrief.client_id,
+            timezone=turn.client.timezone,
+            started_at=debrief.started_at,
+            quantity=quantity,
+            met=len(debrief.criteria),
+        )
         turn.idle()
         turn.say("debrief.done", therapist=_therapist_name(turn))
         return

@@ -5,7 +5,7 @@ nothing the export shows can be left behind by an erasure. A test holds the
 list against the schema: a new table with a ``client_id`` must be added here.
 
 What an erasure removes: the client's row, their chats (identities), invites,
-homework and its planned nudges, debriefs, log entries, safety flags, the
+homework and its planned nudges, debriefs and their weekly sums, log entries, safety flags, the
 safety plan, questionnaire answers and schedules,
 therapist notes, LLM usage rows, LLM mode's pending model jobs (their scripted
 replies unsent), the dialog state and wrong-code records of
@@ -40,6 +40,7 @@ from storage import (
     Client,
     ConversationState,
     Debrief,
+    DebriefWeek,
     Homework,
     Identity,
     Invite,
@@ -63,6 +64,7 @@ CLIENT_TABLES: Final[tuple[type[SQLModel], ...]] = (
     MeasureResponse,
     MeasureSchedule,
     Debrief,
+    DebriefWeek,
     LogEntry,
     Occasion,
     Homework,

@@ -31,10 +31,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import func, or_
-from sqlalchemy.orm import load_only
 from sqlmodel import Session, col, select
 
-from dialogs import access, measures, review, safety_plan
+from dialogs import access, history, measures, review, safety_plan
 from dialogs.guard import describe_signals
 from dialogs.homework import SPECIFICITY
 from dialogs.messages import Outbound, about_client, enqueue, mentioning
@@ -55,7 +54,6 @@ from storage import (
     Therapist,
 )
 from storage import queries as q
-from storage.crypto import EncryptedJSON, EncryptedText
 from storage.models import BULK, OccasionStatus
 
 if TYPE_CHECKING:
@@ -199,6 +197,10 @@ class ClientDigest:
     agenda: tuple[AgendaItem, ...]
     undeliverable: int = 0  # messages that could not be sent outside WhatsApp's 24-hour window
     undeliverable_reminders: int = 0  # of those, reminders and follow-ups (the ones a template can carry)
+    # Older than the period and still open: counted in one line, not listed (dialogs.history closes
+    # homework by itself, so these are homework kept open from before, and unacknowledged alerts).
+    older_open_homework: int = 0
+    older_open_alerts: int = 0
     # LLM mode only: a short narrative written by the model on top of (never instead of) the data.
     narrative: str | None = None
     narrative_at: datetime | None = None
@@ -287,20 +289,6 @@ def judged(prompts: Prompts, debrief: Debrief, extras: Sequence[str], occasion: 
     return [c.key for c in _criteria(prompts, debrief, extras, occasion) if c.met]
 
 
-def _trend_view(debrief: Debrief) -> DebriefView:
-    """A debrief before the period, for the trend only: its amount and stored criteria, no answers decrypted."""
-    met = set(debrief.criteria or ())
-    criteria = tuple(Criterion(key, key in met) for key in CRITERIA) if debrief.kind == DebriefKind.DEBRIEF else ()
-    return DebriefView(
-        id=debrief.id or 0,
-        when=debrief.started_at,
-        kind=debrief.kind,
-        quantity=debrief.quantity,
-        on_time=True,
-        criteria=criteria,
-    )
-
-
 def _debrief_view(prompts: Prompts, debrief: Debrief, extras: Sequence[str], occasion: Occasion | None) -> DebriefView:
     on_time = occasion is None or occasion.followed_up_at is None or debrief.started_at <= occasion.followed_up_at
     is_debrief = debrief.kind == DebriefKind.DEBRIEF
@@ -321,20 +309,25 @@ def _debrief_view(prompts: Prompts, debrief: Debrief, extras: Sequence[str], occ
     )
 
 
-def _week_points(views: Sequence[DebriefView], now: datetime) -> tuple[WeekPoint, ...]:
+def _week_points(session: Session, client: Client, now: datetime) -> tuple[WeekPoint, ...]:
+    """The last :data:`TREND_WEEKS` local weeks of the client, this one last, from the stored weekly sums."""
+    last = history.week_of(now, client.timezone)
+    first = last - timedelta(weeks=TREND_WEEKS - 1)
+    stored = q.weeks_of(session, client_id=client.id or 0, first=first, last=last)
     points = []
-    for weeks_back in range(TREND_WEEKS - 1, -1, -1):
-        start = now - DEFAULT_PERIOD * (weeks_back + 1)
-        end = start + DEFAULT_PERIOD
-        week = [v for v in views if start < v.when <= end]  # the last week ends at, and includes, now
-        amounts = [v.quantity for v in week if v.quantity is not None]
-        qualities = [v.quality for v in week if v.quality is not None]
+    for n in range(TREND_WEEKS):
+        week = first + timedelta(weeks=n)
+        sums = stored.get(week)
         points.append(
             WeekPoint(
-                start=start,
-                debriefs=len(week),
-                quantity=sum(amounts) / len(amounts) if amounts else None,
-                quality=sum(qualities) / len(qualities) if qualities else None,
+                start=history.week_start(week, client.timezone),
+                debriefs=sums.debriefs if sums else 0,
+                quantity=sums.quantity_sum / sums.quantity_count if sums and sums.quantity_count else None,
+                quality=(
+                    sums.criteria_met / (sums.criteria_judged * len(CRITERIA))
+                    if sums and sums.criteria_judged
+                    else None
+                ),
             )
         )
     return tuple(points)
@@ -347,7 +340,6 @@ def build_client_digest(
     if client.therapist_id != therapist.id:
         raise PermissionError("a digest never contains another therapist's client")
     start = period_start(client, now)
-    trend_start = min(start, now - DEFAULT_PERIOD * TREND_WEEKS)
     base: dict[str, Any] = dict(
         client_id=client.id or 0,
         client=client.name,
@@ -361,25 +353,13 @@ def build_client_digest(
     if client.status == ClientStatus.STOPPED:  # opted out: the status, and no new data
         return ClientDigest(**base, homeworks=(), flags=(), logs=(), trend=(), agenda=())
 
-    # The period's debriefs whole (their answers are quoted); earlier trend weeks need only each
-    # debrief's amount and stored criteria, so their encrypted answers are not loaded at all.
-    earlier = session.exec(
-        select(Debrief)
-        .options(load_only(*_debrief_plain_columns()))
-        .where(
-            Debrief.client_id == client.id,
-            col(Debrief.started_at) >= trend_start,
-            col(Debrief.started_at) < start,
-            Debrief.status == DebriefStatus.COMPLETE,
-        )
-        .order_by(col(Debrief.started_at))
-    ).all()
-    judged_before = [d for d in earlier if d.kind != DebriefKind.DEBRIEF or d.criteria is not None]
-    unjudged = {d.id for d in earlier} - {d.id for d in judged_before}  # from before criteria were stored
+    # Bounded by the period, never by the client's history: the period's debriefs whole (their
+    # answers are quoted), the homework they belong to or set in the period or current, and the
+    # trend from the stored weekly sums (dialogs.history). Older open items are only counted.
     debriefs = [
         d
-        for d in q.debriefs_since(session, client_id=client.id or 0, since=start if not unjudged else trend_start)
-        if d.status == DebriefStatus.COMPLETE and (d.started_at >= start or d.id in unjudged)
+        for d in q.debriefs_since(session, client_id=client.id or 0, since=start)
+        if d.status == DebriefStatus.COMPLETE
     ]
     occasion_ids = {d.occasion_id for d in debriefs if d.occasion_id}
     occasions = (
@@ -387,48 +367,34 @@ def build_client_digest(
         if occasion_ids
         else {}
     )
-    # Every homework's type and dates, but its (encrypted) text only for the few the digest shows.
-    all_homework = {
-        h.id or 0: h
-        for h in session.exec(
-            select(Homework)
-            .options(load_only(*_homework_plain_columns()))
-            .where(Homework.client_id == client.id)
-            .order_by(col(Homework.id))
-        )
-    }
+    shown = list(
+        q.homework_since(session, client_id=client.id or 0, since=start, ids=sorted({d.homework_id for d in debriefs}))
+    )
+    by_id = {h.id or 0: h for h in shown}
 
     def extras(homework_id: int) -> tuple[str, ...]:
-        homework = all_homework.get(homework_id)
+        homework = by_id.get(homework_id)
         kind = prompts.homework_types.get(homework.type if homework else "custom")
         return tuple(e.key for e in kind.extras) if kind else ()
 
-    views = [(d.homework_id, _trend_view(d)) for d in judged_before] + [
+    in_period = [
         (d.homework_id, _debrief_view(prompts, d, extras(d.homework_id), occasions.get(d.occasion_id or -1)))
         for d in debriefs
     ]
-    in_period = [(hid, v) for hid, v in views if v.when >= start]
-    shown = [
-        h
-        for h in all_homework.values()
-        if h.status == HomeworkStatus.OPEN or h.created_at >= start or any(hid == h.id for hid, _ in in_period)
-    ]
-    if shown:  # now their text: one query, which fills in the rows loaded above
-        session.exec(
-            select(Homework)
-            .where(col(Homework.id).in_([h.id for h in shown]))
-            .execution_options(populate_existing=True)
-        ).all()
+    older_open = q.open_homework_count(session, client_id=client.id or 0) - sum(
+        h.status == HomeworkStatus.OPEN for h in shown
+    )
     homeworks = tuple(_homework_view(session, prompts, h, in_period, start, now) for h in shown)
     flags = tuple(
         FlagView(f.id or 0, f.level, _flag_reasons(prompts, f), f.created_at, f.text, f.acknowledged_at)
         for f in q.flags_since(session, client_id=client.id or 0, since=start)
     )
     logs = tuple((e.created_at, e.text) for e in q.logs_since(session, client_id=client.id or 0, since=start))
-    trend = _week_points([v for _, v in views if v.kind == DebriefKind.DEBRIEF], now)
+    trend = _week_points(session, client, now)
     undeliverable, undeliverable_reminders = q.undeliverable_since(
         session, client_id=client.id or 0, since=start, reason="outside_window"
     )
+    older_alerts = q.open_alerts_before(session, client_id=client.id or 0, before=start)
     plan_reviewed = safety_plan.reviewed_at(session, client.id or 0)
     digest = ClientDigest(
         **base,
@@ -438,24 +404,15 @@ def build_client_digest(
         trend=trend,
         agenda=(),
         undeliverable=undeliverable,
+        older_open_homework=older_open,
+        older_open_alerts=older_alerts,
         has_plan=plan_reviewed is not None,
         plan_reviewed=plan_reviewed,
         measures=measures.digest_views(session, client_id=client.id or 0, locale=prompts.locale),
-        review=review.count(session, client_id=client.id or 0, homeworks=all_homework.values(), titles_since=start),
+        review=review.count(session, client_id=client.id or 0, titles_since=start),
         undeliverable_reminders=undeliverable_reminders,
     )
     return ClientDigest(**{**digest.__dict__, "agenda": agenda(digest)})
-
-
-def _debrief_plain_columns() -> list[Any]:
-    """Debrief's columns that are not encrypted (what the trend needs)."""
-    columns = Debrief.__table__.columns  # type: ignore[attr-defined]
-    return [getattr(Debrief, c.key) for c in columns if not isinstance(c.type, EncryptedText | EncryptedJSON)]
-
-
-def _homework_plain_columns() -> list[Any]:
-    """Homework's columns that are not encrypted text (what listing every homework needs)."""
-    return [getattr(Homework, c.key) for c in Homework.__table__.columns if not isinstance(c.type, EncryptedText)]  # type: ignore[attr-defined]
 
 
 def _homework_view(
@@ -624,10 +581,16 @@ class _Facts:
 
 
 def _attention_facts(session: Session, client_ids: list[int], now: datetime) -> dict[int, _Facts]:
-    """The attention rules' facts for a whole caseload in three queries (not three per client)."""
+    """The attention rules' facts for a whole caseload in three queries (not three per client).
+
+    "The last two" debriefs and settled nudges are looked for within the
+    trend's weeks only: two obstacles from a year ago say nothing about now,
+    and the window keeps the caseload's cost independent of its history.
+    """
     facts: dict[int, _Facts] = {cid: _Facts() for cid in client_ids}
     if not client_ids:
         return facts
+    recent = now - DEFAULT_PERIOD * TREND_WEEKS
     for client_id, level in session.exec(
         select(SafetyFlag.client_id, SafetyFlag.level)
         .where(col(SafetyFlag.client_id).in_(client_ids), col(SafetyFlag.created_at) >= now - DEFAULT_PERIOD)
@@ -637,14 +600,22 @@ def _attention_facts(session: Session, client_ids: list[int], now: datetime) -> 
     newest = func.row_number().over(partition_by=col(Debrief.client_id), order_by=col(Debrief.started_at).desc())
     kinds = (
         select(col(Debrief.client_id).label("cid"), col(Debrief.kind).label("value"), newest.label("n"))
-        .where(col(Debrief.client_id).in_(client_ids), Debrief.status == DebriefStatus.COMPLETE)
+        .where(
+            col(Debrief.client_id).in_(client_ids),
+            col(Debrief.started_at) >= recent,
+            Debrief.status == DebriefStatus.COMPLETE,
+        )
         .subquery()
     )
     settled = (OccasionStatus.NOT_REVIEWED, OccasionStatus.ANSWERED, OccasionStatus.MISSED)
     latest = func.row_number().over(partition_by=col(Occasion.client_id), order_by=col(Occasion.due_at).desc())
     outcomes = (
         select(col(Occasion.client_id).label("cid"), col(Occasion.status).label("value"), latest.label("n"))
-        .where(col(Occasion.client_id).in_(client_ids), col(Occasion.status).in_(settled))
+        .where(
+            col(Occasion.client_id).in_(client_ids),
+            col(Occasion.status).in_(settled),
+            col(Occasion.due_at) >= recent,
+        )
         .subquery()
     )
     for table, attribute in ((kinds, "last_two_kinds"), (outcomes, "last_two_outcomes")):

@@ -59,6 +59,16 @@ def _when(moment: datetime | None, timezone: str) -> str:
     return format_local(moment, timezone) or "—" if moment else "—"
 
 
+def older_open_line(digest: ClientDigest, prompts: Prompts) -> str | None:
+    """The one line that counts what is older than the period and still open, or None if nothing is."""
+    items = []
+    if digest.older_open_homework:
+        items.append(prompts.text("history.older_homework", count=digest.older_open_homework, client=digest.client))
+    if digest.older_open_alerts:
+        items.append(prompts.text("history.older_alerts", count=digest.older_open_alerts))
+    return prompts.text("history.older_open", items="; ".join(items)) if items else None
+
+
 def _day(moment: datetime, timezone: str) -> str:
     local = utc_to_local(moment, timezone)
     return f"{local.day} {local:%b}" if local else "—"
@@ -156,6 +166,9 @@ def _render(digest: ClientDigest, prompts: Prompts, doc: _Doc) -> str:
         doc.heading(t("digest.no_homework"))
     for homework in digest.homeworks:
         _homework(doc, prompts, digest, homework)
+    older = older_open_line(digest, prompts)
+    if older:
+        doc.line(older)
     if digest.logs:
         doc.heading(t("digest.logs_header", client=digest.client))
         for moment, text in digest.logs:

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from sqlmodel import Session
 
+from dialogs.history import supersede
 from dialogs.messages import Outbound
 from dialogs.nudges import parse_plan, plan
 from dialogs.timeparse import parse_when, utc_to_local
@@ -178,6 +179,8 @@ def deliver_pending(
         intro += "\n\n" + prompts.text("delivery.rationale", rationale=homework.rationale)
     homework.delivered_at = now
     session.add(homework)
+    # The client's earlier homework is over: "done" now means this one (dialogs.history).
+    supersede(session, client_id=client.id or 0, delivered=homework.id or 0, now=now)
     plan(session, homework=homework, client=client, settings=settings, now=now)
     state.flow, state.step, state.data = "delivery", "own_words", {"homework_id": homework.id}
     state.updated_at = now

@@ -325,6 +325,7 @@ def mark_answered(session: Session, *, homework_id: int, client: Client, now: da
             col(Occasion.status).in_((OccasionStatus.SENT, OccasionStatus.FOLLOWED_UP)),
         )
         .order_by(col(Occasion.sent_at).desc())
+        .limit(1)
     ).first()
     local_now = utc_to_local(now, client.timezone or "UTC")
     today = local_now.date() if local_now else None
@@ -351,6 +352,7 @@ def last_nudged(session: Session, *, client_id: int) -> Occasion | None:
             col(Occasion.status).in_((OccasionStatus.SENT, OccasionStatus.FOLLOWED_UP)),
         )
         .order_by(col(Occasion.sent_at).desc())
+        .limit(1)
     ).first()
 
 

@@ -7,7 +7,7 @@ Two settings (``retention`` in config.yaml):
   handled platform messages. Dialog state is not a message: it is one row
   per chat, overwritten as the chat moves on.
 - ``records_days`` (default: keep): the clinical record the therapist reviews —
-  debriefs, log entries, questionnaire answers, settled safety flags and
+  debriefs (and their weekly sums), log entries, questionnaire answers, settled safety flags and
   reminders, and closed homework with nothing left attached (a safety plan is
   the client's current document, not a record of the past: it stays). Off by default because therapists
   usually must keep records for years; set it to what your practice's
@@ -37,6 +37,7 @@ from dialogs import access
 from storage import (
     ConversationState,
     Debrief,
+    DebriefWeek,
     FlagLevel,
     Homework,
     HomeworkStatus,
@@ -96,6 +97,8 @@ def purge(session: Session, *, policy: RetentionPolicy, now: datetime) -> dict[s
         cutoff = now - policy.records
         run("logentry", delete(LogEntry).where(col(LogEntry.created_at) < cutoff))
         run("debrief", delete(Debrief).where(col(Debrief.started_at) < cutoff))
+        # The weekly sums go with the debriefs they summed (a week wholly before the cut-off).
+        run("debriefweek", delete(DebriefWeek).where(col(DebriefWeek.week) < (cutoff - timedelta(days=7)).date()))
         run("measureresponse", delete(MeasureResponse).where(col(MeasureResponse.started_at) < cutoff))
         open_alert = and_(col(SafetyFlag.level) == FlagLevel.CRISIS, col(SafetyFlag.acknowledged_at).is_(None))
         run("safetyflag", delete(SafetyFlag).where(col(SafetyFlag.created_at) < cutoff, ~open_alert))

@@ -10,7 +10,7 @@ from typing import Final
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from dialogs import access, llm_steps, measures, review, safety_plan
+from dialogs import access, history, llm_steps, measures, review, safety_plan
 from dialogs.digest import build_caseload
 from dialogs.digest_text import render_caseload_text
 from dialogs.homework import (
@@ -21,11 +21,21 @@ from dialogs.homework import (
     set_homework,
 )
 from dialogs.messages import Outbound, mentioning
-from dialogs.nudges import cancel_planned, next_weekly
+from dialogs.nudges import next_weekly
 from dialogs.onboarding import join_links, new_code
 from dialogs.timeparse import format_local, parse_clock_time, parse_when
 from dialogs.turn import Turn, split_command
-from storage import Client, ClientStatus, Debrief, FlagLevel, Homework, HomeworkStatus, OutboxMessage, TherapistNote
+from storage import (
+    Client,
+    ClientStatus,
+    CloseReason,
+    Debrief,
+    FlagLevel,
+    Homework,
+    HomeworkStatus,
+    OutboxMessage,
+    TherapistNote,
+)
 from storage import queries as q
 from storage.models import HOMEWORK_FIELDS
 
@@ -221,10 +231,8 @@ def cmd_close(turn: Turn, rest: str) -> None:
     if homework.status == HomeworkStatus.CLOSED:
         turn.say("therapist.close.already", id=homework.id)
         return
-    homework.status, homework.closed_at = HomeworkStatus.CLOSED, turn.now
-    turn.session.add(homework)
+    history.close(turn.session, homework_ids=[homework.id or 0], reason=CloseReason.THERAPIST, now=turn.now)
     turn.audit("homework.close", client, homework_id=homework.id)
-    cancel_planned(turn.session, homework_id=homework.id or 0, now=turn.now)
     turn.say("therapist.close.done", id=homework.id, title=homework.title, client=client.name)
 
 

@@ -53,6 +53,8 @@ class DialogSettings:
     catch_up_grace: timedelta = timedelta(hours=2)
     horizon_days: int = 7  # how far ahead nudges are planned when a homework has no due date
     max_planned: int = 60
+    # A homework closes into history this long after its due date (dialogs.history).
+    homework_grace: timedelta = timedelta(days=2)
     busy_retry: timedelta = timedelta(minutes=30)
     digest_lead: timedelta = timedelta(hours=2)
     tonight: time = time(20, 0)

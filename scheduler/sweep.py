@@ -10,6 +10,7 @@ from dialogs import measures, retention
 from dialogs.digest import due_digest_clients, send_due_digests
 from dialogs.engine import Engine
 from dialogs.guard import alert_unanswered_questions, escalate_due_alerts
+from dialogs.history import close_expired
 from dialogs.llm_steps import narrate
 from dialogs.nudges import SweepCounts, extend_plans, follow_up, send_due_nudges
 from dialogs.retention import RetentionPolicy
@@ -39,6 +40,10 @@ def sweep(*, db: Database, engine: Engine) -> SweepReport:
     with db.unit_of_work() as session:
         escalated = escalate_due_alerts(session, prompts=prompts, settings=settings, now=now)
     counts = SweepCounts()
+    while True:  # homework past its due date and grace closes first, so no plan is extended for it
+        with db.unit_of_work() as session:
+            if not close_expired(session, settings=settings, now=now):
+                break
     with db.unit_of_work() as session:
         extend_plans(session, settings=settings, now=now)
     cursor = None

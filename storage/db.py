@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Final
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
 
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
@@ -51,6 +53,39 @@ def create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+IDLE_PING: Final = 10.0
+"""Seconds a pooled connection may sit unused before it is tested at checkout."""
+
+
+def _ping_when_idle(engine: Engine, idle: float) -> None:
+    """Test a pooled connection at checkout only if it sat idle for ``idle`` seconds (:data:`IDLE_PING`).
+
+    ``pool_pre_ping`` tests every checkout: one more round trip on every
+    inbound message (about a tenth of a turn on PostgreSQL, issue 21). A
+    connection reused within seconds was just working; one that sat idle
+    may have outlived a database restart, so it is tested and, if dead, the
+    pool's connections are all replaced before anyone uses one (what
+    pre-ping does on a failed ping). A restart in the middle of a burst fails
+    the units of work in flight, as it would with pre-ping.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # the driver's own error for a dead connection
+            raise InvalidatePoolError() from error
+        if not alive:
+            raise InvalidatePoolError()
+
+
 class Database:
     """One engine per process; sessions come only from :meth:`unit_of_work`.
 
@@ -59,7 +94,7 @@ class Database:
     outbox rows together, or neither.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_ping: float = IDLE_PING) -> None:
         self.url = normalise_url(url)
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
@@ -67,11 +102,11 @@ class Database:
             if path and path != ":memory:":
                 create_private_file(Path(path))
             kwargs["connect_args"] = {"check_same_thread": False}
-        else:
-            kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            _ping_when_idle(self.engine, idle_ping)
 
     @property
     def dialect(self) -> str:

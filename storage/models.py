@@ -29,6 +29,14 @@ class HomeworkStatus(StrEnum):
     CLOSED = "closed"
 
 
+class CloseReason(StrEnum):
+    """Why a homework left the current state for history (``Homework.closed_reason``); see dialogs.history."""
+
+    THERAPIST = "therapist"  # /close, or the dashboard
+    SUPERSEDED = "superseded"  # the client's next homework was delivered
+    EXPIRED = "expired"  # its due date passed, plus the grace period
+
+
 class DebriefStatus(StrEnum):
     IN_PROGRESS = "in_progress"
     COMPLETE = "complete"
@@ -156,6 +164,13 @@ class JoinFailure(SQLModel, table=True):
 
 
 class Homework(SQLModel, table=True):
+    # A turn asks for a client's *current* homework (open, latest delivered): this index answers it
+    # without walking the client's history. The sweep finds expired homework by (status, due).
+    __table_args__ = (
+        Index("ix_homework_current", "client_id", "status", "delivered_at", "id"),
+        Index("ix_homework_expiry", "status", "due"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     client_id: int = Field(foreign_key="client.id", index=True)
     therapist_id: int = Field(foreign_key="therapist.id", index=True)
@@ -174,6 +189,7 @@ class Homework(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     delivered_at: datetime | None = _ts()
     closed_at: datetime | None = _ts()
+    closed_reason: str | None = None  # a CloseReason, set with closed_at
     rationale_own_words: str | None = Field(default=None, sa_type=EncryptedText)
     confidence: int | None = None
     smaller_version_wanted: bool = False
@@ -195,7 +211,13 @@ class Occasion(SQLModel, table=True):
 
     # (status, due_at, id) is exactly the sweep's claim order, so each batch
     # continues where the last one stopped instead of re-walking the index.
-    __table_args__ = (Index("ix_occasion_claim", "status", "due_at", "id"),)
+    # (homework_id, status) and (client_id, status, sent_at) serve a turn's "which nudge does this
+    # answer" and "later" by current state, however many settled nudges a client's history holds.
+    __table_args__ = (
+        Index("ix_occasion_claim", "status", "due_at", "id"),
+        Index("ix_occasion_homework_status", "homework_id", "status"),
+        Index("ix_occasion_client_status", "client_id", "status", "sent_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     homework_id: int = Field(foreign_key="homework.id", index=True)
@@ -211,6 +233,9 @@ class Occasion(SQLModel, table=True):
 
 
 class Debrief(SQLModel, table=True):
+    # The digest reads one client's debriefs by period: (client_id, started_at) bounds it by the period.
+    __table_args__ = (Index("ix_debrief_client_started", "client_id", "started_at"),)
+
     id: int | None = Field(default=None, primary_key=True)
     homework_id: int = Field(foreign_key="homework.id", index=True)
     occasion_id: int | None = Field(default=None, foreign_key="occasion.id")
@@ -235,6 +260,28 @@ class Debrief(SQLModel, table=True):
     # The quality rubric's criteria this debrief met, judged when it was completed (names from
     # dialogs.digest.CRITERIA): the digest's trend reads them without decrypting every answer.
     criteria: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class DebriefWeek(SQLModel, table=True):
+    """One client's completed debriefs in one week, summed: what the digest's trend reads.
+
+    ``week`` is the Monday of the client's local week (their zone when the
+    debrief was completed, UTC without one). Written in the turn that
+    completes a debrief (dialogs.history.count_debrief), so the trend reads
+    four rows instead of every debrief of four weeks. Amounts and the rubric
+    only, no text; still client data (export and erasure include it).
+    """
+
+    __table_args__ = (UniqueConstraint("client_id", "week"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    week: date
+    debriefs: int = 0
+    quantity_sum: int = 0  # over the debriefs that gave an amount
+    quantity_count: int = 0
+    criteria_met: int = 0  # rubric criteria met, summed over the debriefs judged
+    criteria_judged: int = 0  # debriefs judged (each against every criterion)
 
 
 class FlagLevel(StrEnum):
@@ -324,9 +371,12 @@ class OutboxMessage(SQLModel, table=True):
     Acknowledge).
     """
 
+    # ix_outbox_failed: the digest counts a client's undeliverable messages since the period began;
+    # failures are rare, so this keeps that count off the length of the outbox.
     __table_args__ = (
         Index("ix_outbox_pending", "channel", "sent_at", "priority", "id"),
         Index("ix_outbox_chat", "channel", "address", "id"),
+        Index("ix_outbox_failed", "failed_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

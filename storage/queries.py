@@ -8,11 +8,11 @@ so no handler can reach another therapist's client by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import cache
 from typing import Any, Final
 
-from sqlalchemy import bindparam, case, func, tuple_
+from sqlalchemy import bindparam, case, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -22,6 +22,8 @@ from storage.models import (
     ConversationState,
     Debrief,
     DebriefStatus,
+    DebriefWeek,
+    FlagLevel,
     Homework,
     HomeworkStatus,
     Identity,
@@ -296,17 +298,34 @@ def record_join_failure(session: Session, *, channel: str, address: str, now: da
 # --- homework and what the client recorded ------------------------------------
 
 
+# Every query a turn makes is bounded by current state, never by a client's history: LIMIT 1 on
+# the ``ix_homework_current`` index. (Without the LIMIT the ORM builds, and decrypts, every row the
+# query matches before ``first()`` returns one: with 400 open homework that was most of a turn.)
+_CURRENT_HOMEWORK: Final = (  # built once: see _claim_statement
+    select(Homework)
+    .where(
+        col(Homework.client_id) == bindparam("client_id"),
+        col(Homework.status) == HomeworkStatus.OPEN,
+        col(Homework.delivered_at).is_not(None),
+    )
+    .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
+    .limit(1)
+)
+_UNDELIVERED_HOMEWORK: Final = (
+    select(Homework)
+    .where(
+        col(Homework.client_id) == bindparam("client_id"),
+        col(Homework.status) == HomeworkStatus.OPEN,
+        col(Homework.delivered_at).is_(None),
+    )
+    .order_by(col(Homework.id))
+    .limit(1)
+)
+
+
 def current_homework(session: Session, *, client_id: int) -> Homework | None:
-    """The most recently delivered open homework: what "done" refers to."""
-    return session.exec(
-        select(Homework)
-        .where(
-            Homework.client_id == client_id,
-            Homework.status == HomeworkStatus.OPEN,
-            col(Homework.delivered_at).is_not(None),
-        )
-        .order_by(col(Homework.delivered_at).desc(), col(Homework.id).desc())
-    ).first()
+    """The most recently delivered open homework: what "done" refers to (dialogs.history keeps it the only one)."""
+    return session.exec(_CURRENT_HOMEWORK, params={"client_id": client_id}).first()
 
 
 def open_delivered_homework(session: Session, *, client_id: int) -> Sequence[Homework]:
@@ -323,15 +342,86 @@ def open_delivered_homework(session: Session, *, client_id: int) -> Sequence[Hom
 
 
 def undelivered_homework(session: Session, *, client_id: int) -> Homework | None:
+    """The oldest open homework not yet delivered: the next to deliver."""
+    return session.exec(_UNDELIVERED_HOMEWORK, params={"client_id": client_id}).first()
+
+
+def homework_since(session: Session, *, client_id: int, since: datetime, ids: Sequence[int] = ()) -> Sequence[Homework]:
+    """The homework a digest period shows, oldest first: set since ``since``, among ``ids``, or still current.
+
+    Current means the one "done" refers to (:func:`current_homework`) and any
+    not yet delivered; an older homework still open (kept open from before
+    dialogs.history closed them) is only counted, by the caller.
+    """
+    current = current_homework(session, client_id=client_id)
+    shown = (col(Homework.created_at) >= since) | (
+        (col(Homework.status) == HomeworkStatus.OPEN) & col(Homework.delivered_at).is_(None)
+    )
+    wanted = [*ids, *([current.id] if current is not None and current.id is not None else [])]
+    if wanted:
+        shown = shown | col(Homework.id).in_(wanted)
     return session.exec(
-        select(Homework)
-        .where(
-            Homework.client_id == client_id,
-            Homework.status == HomeworkStatus.OPEN,
-            col(Homework.delivered_at).is_(None),
+        select(Homework).where(Homework.client_id == client_id, shown).order_by(col(Homework.id)).limit(_SHOWN_LIMIT)
+    ).all()
+
+
+_SHOWN_LIMIT: Final = 50  # a period with more homework than this shows the first 50 (and counts the rest)
+
+
+def open_homework_count(session: Session, *, client_id: int) -> int:
+    return session.exec(
+        select(func.count())
+        .select_from(Homework)
+        .where(Homework.client_id == client_id, Homework.status == HomeworkStatus.OPEN)
+    ).one()
+
+
+def add_to_week(
+    session: Session, *, client_id: int, week: date, quantity: int | None, criteria_met: int | None
+) -> None:
+    """Add one completed debrief to the client's weekly sums (``DebriefWeek``): one upsert."""
+    values = {
+        "client_id": client_id,
+        "week": week,
+        "debriefs": 1,
+        "quantity_sum": quantity or 0,
+        "quantity_count": int(quantity is not None),
+        "criteria_met": criteria_met or 0,
+        "criteria_judged": int(criteria_met is not None),
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        row = session.exec(
+            select(DebriefWeek).where(DebriefWeek.client_id == client_id, DebriefWeek.week == week)
+        ).first() or DebriefWeek(client_id=client_id, week=week)
+        for key in _WEEK_SUMS:
+            setattr(row, key, getattr(row, key) + values[key])
+        session.add(row)
+        return
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = upsert(DebriefWeek).values(**values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["client_id", "week"],
+            set_={key: getattr(DebriefWeek, key) + getattr(statement.excluded, key) for key in _WEEK_SUMS},
         )
-        .order_by(col(Homework.id))
-    ).first()
+    )
+
+
+_WEEK_SUMS: Final = ("debriefs", "quantity_sum", "quantity_count", "criteria_met", "criteria_judged")
+
+
+def weeks_of(session: Session, *, client_id: int, first: date, last: date) -> dict[date, DebriefWeek]:
+    """The client's weekly sums from week ``first`` to week ``last`` (Mondays), by week."""
+    params = {"client_id": client_id, "first": first, "last": last}
+    return {row.week: row for row in session.exec(_WEEKS_OF, params=params)}
+
+
+_WEEKS_OF: Final = select(DebriefWeek).where(
+    col(DebriefWeek.client_id) == bindparam("client_id"),
+    col(DebriefWeek.week) >= bindparam("first"),
+    col(DebriefWeek.week) <= bindparam("last"),
+)
 
 
 def homeworks_of(session: Session, *, client_id: int) -> Sequence[Homework]:
@@ -362,28 +452,49 @@ _DEBRIEF_WITH_HOMEWORK: Final = (  # built once: see _claim_statement
 )
 
 
+# The digest runs these for every client of a caseload: built once, with bind parameters (see
+# _claim_statement), because building a statement cost about as much as running it.
+_DEBRIEFS_SINCE: Final = (
+    select(Debrief)
+    .where(col(Debrief.client_id) == bindparam("client_id"), col(Debrief.started_at) >= bindparam("since"))
+    .order_by(col(Debrief.started_at))
+)
+_LOGS_SINCE: Final = (
+    select(LogEntry)
+    .where(col(LogEntry.client_id) == bindparam("client_id"), col(LogEntry.created_at) >= bindparam("since"))
+    .order_by(col(LogEntry.created_at))
+)
+_FLAGS_SINCE: Final = (
+    select(SafetyFlag)
+    .where(col(SafetyFlag.client_id) == bindparam("client_id"), col(SafetyFlag.created_at) >= bindparam("since"))
+    .order_by(col(SafetyFlag.created_at))
+)
+
+
 def debriefs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[Debrief]:
-    return session.exec(
-        select(Debrief)
-        .where(Debrief.client_id == client_id, Debrief.started_at >= since)
-        .order_by(col(Debrief.started_at))
-    ).all()
+    return session.exec(_DEBRIEFS_SINCE, params={"client_id": client_id, "since": since}).all()
 
 
 def logs_since(session: Session, *, client_id: int, since: datetime) -> Sequence[LogEntry]:
-    return session.exec(
-        select(LogEntry)
-        .where(LogEntry.client_id == client_id, LogEntry.created_at >= since)
-        .order_by(col(LogEntry.created_at))
-    ).all()
+    return session.exec(_LOGS_SINCE, params={"client_id": client_id, "since": since}).all()
 
 
 def flags_since(session: Session, *, client_id: int, since: datetime) -> Sequence[SafetyFlag]:
+    return session.exec(_FLAGS_SINCE, params={"client_id": client_id, "since": since}).all()
+
+
+def open_alerts_before(session: Session, *, client_id: int, before: datetime) -> int:
+    """Crisis alerts raised before ``before`` and still not acknowledged."""
     return session.exec(
-        select(SafetyFlag)
-        .where(SafetyFlag.client_id == client_id, SafetyFlag.created_at >= since)
-        .order_by(col(SafetyFlag.created_at))
-    ).all()
+        select(func.count())
+        .select_from(SafetyFlag)
+        .where(
+            SafetyFlag.client_id == client_id,
+            SafetyFlag.level == FlagLevel.CRISIS,
+            col(SafetyFlag.acknowledged_at).is_(None),
+            SafetyFlag.created_at < before,
+        )
+    ).one()
 
 
 def occasion_counts(session: Session, *, homework_id: int, since: datetime) -> dict[str, int]:
@@ -406,16 +517,21 @@ def undeliverable_since(session: Session, *, client_id: int, since: datetime, re
     Returns (all of them, how many were reminders or follow-ups), told apart by
     the prompt key each outbox row records.
     """
-    chats = select(Identity.channel, Identity.address).where(Identity.client_id == client_id)
+    # Failed rows first (ix_outbox_failed: they are few), then whether each went to this client's chat.
+    theirs = (
+        select(col(Identity.id))
+        .where(
+            col(Identity.client_id) == client_id,
+            col(Identity.channel) == col(OutboxMessage.channel),
+            col(Identity.address) == col(OutboxMessage.address),
+        )
+        .exists()
+    )
     reminder = case((col(OutboxMessage.prompt_key).in_(REMINDER_PROMPTS), 1), else_=0)
     total, reminders = session.exec(
         select(func.count(), func.coalesce(func.sum(reminder), 0))
         .select_from(OutboxMessage)
-        .where(
-            tuple_(col(OutboxMessage.channel), col(OutboxMessage.address)).in_(chats),
-            col(OutboxMessage.failed_at) >= since,
-            OutboxMessage.last_error == reason,
-        )
+        .where(col(OutboxMessage.failed_at) >= since, OutboxMessage.last_error == reason, theirs)
     ).one()
     return int(total), int(reminders)
 

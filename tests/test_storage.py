@@ -84,3 +84,27 @@ def test_the_outbox_hands_out_pending_rows_oldest_first(companion: Companion) ->
         q.mark_sent(session, message=rows[0], now=now)
     with companion.db.unit_of_work() as session:
         assert [r.payload["text"] for r in q.pending_outbox(session, channel="console")] == ["1", "2", "b"]
+
+
+@pytest.mark.postgres
+def test_a_connection_that_sat_idle_is_tested_and_replaced_if_the_server_dropped_it(
+    postgres_schema_url: str,
+) -> None:
+    """No ping on every checkout (a round trip per message); one that sat idle is tested first."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import POSTGRES_URL
+
+    db = Database(postgres_schema_url, idle_ping=0.0)  # every reuse counts as idle here
+    db.upgrade()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.unit_of_work() as session:
+        q.add_therapist(session, name="Dana", timezone="UTC", now=now)
+        backend = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:  # the server drops the pooled connection (a restart, a timeout)
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    admin.dispose()
+    with db.unit_of_work() as session:  # replaced at checkout: the unit of work never sees the dead one
+        assert session.exec(select(Therapist.name)).one() == "Dana"
+    db.dispose()
