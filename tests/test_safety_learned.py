@@ -1,7 +1,8 @@
-"""The risk screen's learned layer: the torch-free embedding runtime, the head, the combination, bad input, start-up.
+"""The risk screen's learned layer: the fine-tuned model, its windows, the combination, bad input, start-up.
 
-Everything runs the real packaged model (all-MiniLM-L6-v2, int8 ONNX) on
-onnxruntime: no PyTorch, no network.
+Everything runs the real packaged models (the fine-tuned screen and the
+memory's all-MiniLM-L6-v2, both int8 ONNX) on onnxruntime: no PyTorch, no
+network.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ CRISIS_ON_ORDINARY_TARGET: Final = 0.03
 # What the screen measures today on the frozen part (README, "Safety"): below the targets for
 # recall, so this test guards what there is — no change may lower these — and the targets above
 # stay the goal (issue 16). Raise them when the screen gets better; never lower them.
+# 2026-12-06, the fine-tuned model on the 1,857-message frozen part: crisis 89.7 %, asked or
+# crisis 96.4 %, concern or above 91.2 %, scope 98.3 %; crisis on ordinary 2.8 %, asked 6.3 %.
 FLOOR: Final = {
-    "crisis_recall": 0.58,
-    "crises_asked_or_above": 0.85,
-    "concern_or_above_recall": 0.64,
-    "scope_recognised": 0.95,
+    "crisis_recall": 0.89,
+    "crises_asked_or_above": 0.96,
+    "concern_or_above_recall": 0.905,
+    "scope_recognised": 0.975,
 }
-# The frozen part grew from 957 to 1,497 messages on 2026-12-04 (the harder batch and two new ones,
-# assigned by the same rule): the same head asks 10.8 % of its ordinary messages (was 8.1 %).
-CEILING: Final = {"crisis_on_ordinary": CRISIS_ON_ORDINARY_TARGET, "ordinary_asked": 0.11}
+CEILING: Final = {"crisis_on_ordinary": CRISIS_ON_ORDINARY_TARGET, "ordinary_asked": 0.065}
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +102,11 @@ def test_the_split_is_frozen_complete_and_stratified() -> None:
         if len(members) >= 4:
             share = sum(e.sha256 not in train_hashes for e in members) / len(members)
             assert 0.2 <= share <= 0.45, key
-    # The head was trained on the training part alone.
-    head = json.loads(classifier.HEAD_PATH.read_text(encoding="utf-8"))
-    assert head["training"]["examples"] <= len(train)
+    # The model was trained, and its thresholds chosen, on the training part alone.
+    card = json.loads(classifier.CARD_PATH.read_text(encoding="utf-8"))
+    assert card["training"]["examples"] <= len(train)
+    held = json.loads((classifier.MODEL_DIR / "cv-scores.json").read_text(encoding="utf-8"))["scores"]
+    assert held and {r["sha256"] for r in held} <= train_hashes
 
 
 def test_the_frozen_evaluation_part_keeps_its_figures(frozen: evaluation.Report) -> None:
@@ -133,26 +136,36 @@ def test_the_combined_screen_keeps_the_lexicon_sets(name: str) -> None:
 
 
 def test_one_risk_sentence_inside_a_long_homework_report_is_found(layer: classifier.LearnedLayer) -> None:
-    report = (
-        "Activity schedule, Tuesday. 8am: got up, showered, mastery 3 pleasure 2. 10am: walked to the "
-        "library and returned the books, talked to the librarian which was hard. 1pm: lunch with my "
-        "brother, pasta. 3pm: tidied the kitchen and put a wash on. 6pm: cooked dinner, watched a "
-        "quiz show. I have the pills counted out and I'm taking all of them tonight. 9pm: read in bed."
-    )
-    whole = classifier.aggregate(*layer.head.predict(layer.embedder.embed([report])))
-    scored = layer.score(report)
-    assert scored.crisis >= whole.crisis
+    days = [
+        "Monday: got up at 8, showered, walked to the library and returned the books, mastery 3 pleasure 2.",
+        "Tuesday: lunch with my brother, pasta, we talked about his new job and the football.",
+        "Wednesday: tidied the kitchen, put a wash on, cooked dinner and watched a quiz show.",
+        "Thursday: rang the council about the bins, bit anxious before, 40 then 20 afterwards.",
+        "Friday: went to the market with Sue, bought apples and a plant for the window.",
+        "Weekend: cleaned the car, phoned Mum, watched the rugby with Dad, took the dog to the park twice.",
+        "Mood through the week mostly 4 or 5 out of 10, a bit better on the days I got outside early.",
+    ]
+    risk = "I have the pills counted out and I'm taking all of them tonight."
+    report = "Activity schedule. " + " ".join(days) + " " + risk + " Saturday: read in bed."
+    assert len(layer.windows(report)) >= 2  # the risk sentence is past the first window's reach
+    ordinary = layer.score("Activity schedule. " + " ".join(days) + " Saturday: read in bed.")
+    assert layer.score(report).crisis > max(ordinary.crisis, 0.5)
     assert safety.assess(report).level == "crisis"
 
 
-def test_windows_are_sentences_and_bounded() -> None:
-    assert classifier.windows("just one sentence here") == []
-    assert classifier.windows("ok. I walked to the shop today. Then I came home and slept.") == [
-        "ok. I walked to the shop today.",
-        "Then I came home and slept.",
-    ]
-    many = " ".join(f"Sentence number {i} is here." for i in range(100))
-    assert len(classifier.windows(many)) <= classifier.MAX_WINDOWS
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["I", "walked", "to", "the", "shop", "today.", "pills", "😭", "ok"]), max_size=400))
+def test_windows_cover_every_token_within_the_model_length(words: list[str]) -> None:
+    tok = classifier.tokenizer()
+    text = " ".join(words)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    windows = classifier.token_windows(tok, text)
+    assert windows and all(w[0] == classifier.CLS and w[-1] == classifier.SEP for w in windows)
+    assert all(len(w) <= classifier.WINDOW_TOKENS for w in windows)
+    inner = [w[1:-1] for w in windows]
+    overlap = classifier.WINDOW_TOKENS - 2 - classifier.STRIDE
+    covered = [t for k, w in enumerate(inner) for t in (w if k == 0 else w[overlap:])]
+    assert covered == ids  # every token, in order, once the overlaps are dropped
 
 
 # --------------------------------------------------------------------------- the combination rules
@@ -182,6 +195,18 @@ def test_the_grey_zone_is_concern_and_asks() -> None:
     assert (capped.level, capped.ask) == ("concern", True)
     plain = combine(_lex("concern", "passive death wish"), _score(0.1, 0.3), THRESHOLDS)
     assert (plain.level, plain.ask) == ("concern", False)
+
+
+def test_a_message_of_one_or_two_words_is_not_asked_on_a_middling_score() -> None:
+    brief = combine(_lex("none"), _score(0.6), THRESHOLDS, short=True)
+    assert (brief.level, brief.ask) == ("none", False)
+    assert combine(_lex("none"), _score(0.6, 0.85), THRESHOLDS, short=True).level == "concern"
+    assert combine(_lex("none"), _score(0.95), THRESHOLDS, short=True).level == "crisis"
+    lexical = combine(
+        _lex("concern", "suicidal intent (denied)"), _score(0.0), THRESHOLDS, lexicon_grey=True, short=True
+    )
+    assert lexical.ask  # the lexicon's grey zone asks whatever the length
+    assert safety.brief("tonight") and safety.brief("one stop") and not safety.brief("I took them all")
 
 
 def test_no_layer_lowers_another() -> None:
@@ -273,25 +298,31 @@ def _settings(tmp_path: Path, **safety_overrides: str) -> Settings:
     )
 
 
-def test_a_missing_head_refuses_to_start(tmp_path: Path) -> None:
-    with pytest.raises(WiringError, match="missing: run `companion safety train`"):
-        build(_settings(tmp_path, learned_head=str(tmp_path / "head.json")))
+def test_a_missing_model_card_refuses_to_start(tmp_path: Path) -> None:
+    with pytest.raises(WiringError, match="missing"):
+        build(_settings(tmp_path, learned_model=str(tmp_path / "screen.json")))
 
 
-def test_a_corrupt_head_refuses_to_start(tmp_path: Path) -> None:
-    broken = tmp_path / "head.json"
-    broken.write_text('{"format": 1, "level_classes": ["none", "concern", "crisis"], "mean": [1, 2]}')
+def test_a_corrupt_model_card_refuses_to_start(tmp_path: Path) -> None:
+    broken = tmp_path / "screen.json"
+    broken.write_text('{"format": 2, "level_classes": ["none", "concern", "crisis"], "thresholds": [1, 2]}')
     with pytest.raises(WiringError, match="corrupt"):
-        build(_settings(tmp_path, learned_head=str(broken)))
+        build(_settings(tmp_path, learned_model=str(broken)))
     broken.write_text("{not json")
     with pytest.raises(WiringError, match="corrupt"):
-        build(_settings(tmp_path, learned_head=str(broken)))
+        build(_settings(tmp_path, learned_model=str(broken)))
 
 
-def test_a_corrupt_model_refuses_to_start(tmp_path: Path) -> None:
-    model = tmp_path / "model.onnx"
-    model.write_bytes(embedding.default_model_path().read_bytes()[:100_000])  # a truncated download
+def test_a_corrupt_or_altered_model_refuses_to_start(tmp_path: Path) -> None:
+    card = json.loads(classifier.CARD_PATH.read_text(encoding="utf-8"))
+    model = tmp_path / card["model_file"]
+    model.write_bytes(classifier.MODEL_DIR.joinpath(card["model_file"]).read_bytes()[:100_000])  # truncated
+    (tmp_path / "screen.json").write_text(json.dumps(card))
     with pytest.raises(WiringError, match="sha256"):
-        build(_settings(tmp_path, embedding_model=str(model)))
+        build(_settings(tmp_path, learned_model=str(tmp_path / "screen.json")))
+    # A card that vouches for the broken file does not make it load.
+    (tmp_path / "screen.json").write_text(json.dumps({**card, "model_sha256": classifier.sha256_file(model)}))
+    with pytest.raises(WiringError, match="could not be loaded"):
+        build(_settings(tmp_path, learned_model=str(tmp_path / "screen.json")))
     # The process's screen is untouched by a failed start.
     assert safety.assess("I've taken all my pills, all of them, an hour ago").level == "crisis"

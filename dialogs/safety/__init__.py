@@ -1,13 +1,13 @@
 """The risk screen run on every client message before any dialog logic: a lexicon and a learned layer, combined.
 
 Layers: :mod:`dialogs.safety.lexicon` (fast, explainable rules) and
-:mod:`dialogs.safety.classifier` (a classifier head over all-MiniLM-L6-v2
-sentence embeddings run on onnxruntime, :mod:`dialogs.safety.embedding`);
+:mod:`dialogs.safety.classifier` (all-MiniLM-L6-v2 fine-tuned for risk and
+scope, an int8 ONNX file run on onnxruntime);
 :func:`dialogs.safety.combine.combine` merges them. Every caller uses
 :func:`assess` from this package; ``dialogs.safety.lexicon.assess`` stays the
 lexicon alone.
 
-Start-up: :func:`load` builds the learned layer (about a second) and raises
+Start-up: :func:`load` builds the learned layer (a fraction of a second) and raises
 :class:`ModelError` when its files are missing or corrupt; ``bot.wiring``
 calls it so a service refuses to start without its screen. A process that
 never called it (a script, a test) loads the layer on its first
@@ -24,7 +24,7 @@ from typing import Final
 from dialogs.safety import lexicon
 from dialogs.safety.classifier import LearnedLayer, LearnedScore, ModelError, Thresholds
 from dialogs.safety.combine import REASONS as _LEARNED_REASONS
-from dialogs.safety.combine import asks, combine
+from dialogs.safety.combine import asks, brief, combine
 from dialogs.safety.verdict import LEVELS, Layer, Level, RiskAssessment, Signal
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "Signal",
     "Thresholds",
     "assess",
+    "brief",
     "combine",
     "known_reasons",
     "learned_layer",
@@ -48,38 +49,30 @@ log = logging.getLogger("companion.safety")
 
 _layer: LearnedLayer | None = None
 _failure: str | None = None  # why the learned layer could not be loaded, once tried
-_source: tuple[Path | None, Path | None] = (None, None)  # the files _layer was built from (None: packaged)
+_source: Path | None = None  # the model card _layer was built from (None: the packaged one)
 _lock: Final = threading.Lock()
 
 
-def load(head_path: Path | None = None, model_path: Path | None = None) -> LearnedLayer:
+def load(card_path: Path | None = None) -> LearnedLayer:
     """Build (once per process) and return the learned layer; raises :class:`ModelError` naming the fix.
 
-    Without arguments: the packaged head and model. Other files (an
-    operator's ``safety.learned_head`` / ``safety.embedding_model``) build a
-    new layer that becomes the process's own only if it loads; a failure
-    leaves a layer already loaded in place.
+    Without an argument: the packaged model card and model. Another card (an
+    operator's ``safety.learned_model``) builds a new layer that becomes the
+    process's own only if it loads; a failure leaves a layer already loaded
+    in place.
     """
     global _layer, _failure, _source
     with _lock:
-        wanted = (head_path, model_path)
-        if _layer is None or (wanted != (None, None) and wanted != _source):
-            from dialogs.safety import classifier, embedding
+        if _layer is None or (card_path is not None and card_path != _source):
+            from dialogs.safety import classifier
 
             try:
-                if wanted == (None, None):
-                    built = classifier.shared()
-                else:
-                    try:
-                        model = embedding.MiniLM(model_path) if model_path is not None else embedding.shared()
-                    except embedding.EmbeddingError as exc:
-                        raise ModelError(str(exc)) from exc
-                    built = classifier.load(head_path, model)
+                built = classifier.shared() if card_path is None else classifier.load(card_path)
             except ModelError as exc:
                 if _layer is None:
                     _failure = str(exc)
                 raise
-            _layer, _failure, _source = built, None, wanted
+            _layer, _failure, _source = built, None, card_path
         return _layer
 
 
@@ -105,8 +98,8 @@ def assess(text: str, *, locale: str = lexicon.DEFAULT_LOCALE) -> RiskAssessment
     run — not loaded, or failing on this message — the verdict is the grey
     zone: at least ``"concern"`` with ``ask=True`` and a signal saying so,
     never a silent ``"none"``. Empty or blank text is ``"none"`` without
-    asking (there is nothing to read). The learned layer reads English-trained
-    embeddings whatever the locale. Latency: BENCHMARKS.md ("Risk screen per message").
+    asking (there is nothing to read). The learned layer was trained on English
+    whatever the locale. Latency: BENCHMARKS.md ("Risk screen per message").
     """
     try:
         if not isinstance(text, str):
@@ -127,7 +120,7 @@ def assess(text: str, *, locale: str = lexicon.DEFAULT_LOCALE) -> RiskAssessment
             log.error("the learned risk layer failed on a message: %s", type(exc).__name__)
             score = None
     try:
-        return combine(lexical, score, thresholds, lexicon_grey=grey, question=asks(text))
+        return combine(lexical, score, thresholds, lexicon_grey=grey, question=asks(text), short=brief(text))
     except Exception:
         return RiskAssessment(lexical.level if lexical.level == "crisis" else "concern", lexical.reasons, ask=True)
 

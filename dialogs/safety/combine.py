@@ -33,6 +33,19 @@ _ASKS: Final = re.compile(
 )
 
 
+# Fewer words than this and the learned layer's unsure band does not ask: "tonight", "one stop",
+# "done" carry too little for a middling score to mean anything (the corpus holds almost no
+# messages this short, so the model has not learned them). Its confident crisis still counts, and
+# the lexicon reads every message whatever its length.
+BRIEF_WORDS: Final = 3
+_WORD: Final = re.compile(r"\w+")
+
+
+def brief(text: str) -> bool:
+    """Whether ``text`` is too short for the learned layer's grey zone (fewer than :data:`BRIEF_WORDS` words)."""
+    return len(_WORD.findall(text)) < BRIEF_WORDS
+
+
 def asks(text: str) -> bool:
     """Whether ``text`` reads as a question or a request for advice (for the learned scope head)."""
     return _ASKS.search(text) is not None
@@ -49,6 +62,7 @@ def combine(
     *,
     lexicon_grey: bool | None = None,
     question: bool = True,
+    short: bool = False,
 ) -> RiskAssessment:
     """The combined verdict of the lexicon's ``lexical`` and the learned layer's ``learned`` score.
 
@@ -56,7 +70,8 @@ def combine(
       * crisis when either layer is confident: the lexicon says crisis, or the
         crisis probability is at or above ``thresholds.crisis``;
       * the grey zone — the crisis probability in ``[thresholds.ask,
-        thresholds.crisis)``, or a lexicon match that carries a risk concept
+        thresholds.crisis)`` for a message that is not ``short`` (see
+        :func:`brief`; a short one is then a concern, unasked), or a lexicon match that carries a risk concept
         but was capped (``lexicon_grey``; by default the lexicon's own ``ask``)
         — is ``"concern"`` with ``ask=True``: the dialog asks the direct question;
       * a concern-or-above probability at or above ``thresholds.concern`` is a concern;
@@ -86,7 +101,7 @@ def combine(
         if learned.crisis >= thresholds.crisis:
             said: Level = "crisis"
             reason, score = LEARNED_CRISIS, learned.crisis
-        elif learned.crisis >= thresholds.ask:
+        elif learned.crisis >= thresholds.ask and not short:
             said, reason, score, ask = "concern", LEARNED_GREY, learned.crisis, True
         elif learned.risk >= thresholds.concern:
             said, reason, score = "concern", LEARNED_CONCERN, learned.risk

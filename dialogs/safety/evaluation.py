@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from dialogs.safety import lexicon
 from dialogs.safety.classifier import LearnedLayer, LearnedScore, Thresholds
-from dialogs.safety.combine import asks, combine
+from dialogs.safety.combine import asks, brief, combine
 from dialogs.safety.corpus import Example
 from dialogs.safety.verdict import RiskAssessment
 
@@ -83,7 +83,7 @@ def verdicts(
     out = []
     for example, score in zip(examples, scores, strict=True):
         lexical = lexicon.assess(example.text, locale=locale)
-        out.append(combine(lexical, score, thresholds, question=asks(example.text)))
+        out.append(combine(lexical, score, thresholds, question=asks(example.text), short=brief(example.text)))
     return out
 
 
@@ -168,7 +168,7 @@ def from_scores(
 
 
 def as_dict(rep: Report) -> dict[str, Any]:
-    """A report as plain data (for head.json and --json)."""
+    """A report as plain data (for --json)."""
     return {
         "title": rep.title,
         "n": rep.n,

@@ -1,22 +1,10 @@
-"""Training the learned layer's head: logistic regression in numpy, stratified folds, thresholds from cross-validation.
+"""Choosing the learned layer's thresholds: stratified folds of the training part, and threshold targets.
 
-Reproducible: fixed seeds, deterministic full-batch optimisation, examples in
-sha256 order. Only the training part of the frozen split is ever used here
-(plus the older labelled sets in tests/data, as extra training examples,
-minus anything in the evaluation part): thresholds are chosen on the
-out-of-fold scores of a 5-fold cross-validation of that part, never on the
-evaluation part.
-
-What is trained, and why so small: the embedding already reads meaning; the
-head only has to draw three regions in it. One hidden layer of 128 units with
-weight decay and balanced class weights (risk kinds form several clusters a
-single plane separates less well), nothing bigger: a flexible model would fit
-the corpus's phrasings rather than the risk.
-Each message trains on its whole-text embedding; an ordinary message's
-sentence windows also train as ordinary (the windows are what the screen
-reads too, and a sentence of an ordinary message is ordinary), while a risk
-message's windows are not labelled (which sentence carries the risk is not
-known).
+Only the training part of the frozen split is ever used here: thresholds are
+chosen on scores of training-part messages that the scoring model never
+trained on (a held-out fold, or out-of-fold scores of a cross-validation;
+see ``companion safety train``), never on the evaluation part. The model
+itself is trained in :mod:`dialogs.safety.finetune`.
 """
 
 from __future__ import annotations
@@ -31,28 +19,19 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from dialogs.safety.classifier import CLASSES, Head, LearnedScore, Thresholds, aggregate
+from dialogs.safety.classifier import LearnedScore, Thresholds
+from dialogs.safety.combine import brief
 from dialogs.safety.corpus import Example
 from dialogs.safety.verdict import RiskAssessment
 
 SEED: Final = 16
 FOLDS: Final = 5
-# The level head: hidden units and weight decay (on the standardised features, loss averaged
-# per example), compared on cross-validation of the training part only (a linear head, 64-256
-# units, decay 1e-3..1e-2: one hidden layer of 128 with 1e-2 was best and least overfit).
-HIDDEN: Final = 128
-DECAY: Final = 0.01
-SCOPE_L2: Final = 0.01
-WINDOW_WEIGHT: Final = 0.5  # an ordinary message's windows, as ordinary examples
-EPOCHS: Final = 300
-RATE: Final = 0.003
-
 # Threshold targets on the out-of-fold scores: above the issue's bars, because an unseen
 # wording scores lower than a cross-validated one.
 CV_CRISIS_RECALL: Final = 0.99
-CV_CRISIS_FALSE_POSITIVES: Final = 0.02  # ordinary messages read as crisis
+CV_CRISIS_FALSE_POSITIVES: Final = 0.025  # ordinary messages read as crisis
 CV_ASK_RECALL: Final = 0.998  # crises that at least get the direct question
-CV_ASK_FALSE_POSITIVES: Final = 0.10  # ordinary messages that get the question
+CV_ASK_FALSE_POSITIVES: Final = 0.06  # ordinary messages that get the question
 CV_CONCERN_RECALL: Final = 0.95
 CV_CONCERN_FALSE_POSITIVES: Final = 0.15
 CV_SCOPE_RECALL: Final = 0.98
@@ -60,134 +39,6 @@ CV_SCOPE_FALSE_POSITIVES: Final = 0.05
 
 Vectors = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]
-
-
-# --------------------------------------------------------------------------- the models
-
-
-def _standardise(x: Floats) -> tuple[Floats, Floats]:
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    return mean, np.where(scale > 1e-6, scale, 1.0)
-
-
-class _Adam:
-    """Adam over a dict of arrays (full batch, fixed step): deterministic and quick for a few thousand rows."""
-
-    def __init__(self, params: dict[str, Floats], rate: float) -> None:
-        self.params, self.rate, self.t = params, rate, 0
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def step(self, grads: dict[str, Floats]) -> None:
-        self.t += 1
-        for k, g in grads.items():
-            self.m[k] = 0.9 * self.m[k] + 0.1 * g
-            self.v[k] = 0.999 * self.v[k] + 0.001 * g * g
-            m_hat = self.m[k] / (1 - 0.9**self.t)
-            v_hat = self.v[k] / (1 - 0.999**self.t)
-            self.params[k] -= self.rate * m_hat / (np.sqrt(v_hat) + 1e-8)
-
-
-def fit_mlp(
-    z: Floats, y: npt.NDArray[np.int64], weights: Floats, *, hidden: int, decay: float
-) -> tuple[Floats, Floats, Floats, Floats]:
-    """Weighted softmax over one ReLU hidden layer, L2 weight decay on both weight matrices (seeded, full batch)."""
-    rng = np.random.default_rng(SEED)
-    d = z.shape[1]
-    k = len(CLASSES)
-    target = np.eye(k)[y]
-    share = weights / weights.sum()
-    params = {
-        "w1": rng.normal(0.0, 1.0 / np.sqrt(d), (d, hidden)),
-        "b1": np.zeros(hidden),
-        "w2": rng.normal(0.0, 1.0 / np.sqrt(hidden), (hidden, k)),
-        "b2": np.zeros(k),
-    }
-    adam = _Adam(params, RATE)
-    for _ in range(EPOCHS):
-        pre = z @ params["w1"] + params["b1"]
-        act = np.maximum(pre, 0.0)
-        logits = act @ params["w2"] + params["b2"]
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        err = (p - target) * share[:, None]
-        back = (err @ params["w2"].T) * (pre > 0)
-        adam.step(
-            {
-                "w2": act.T @ err + decay * params["w2"],
-                "b2": err.sum(axis=0),
-                "w1": z.T @ back + decay * params["w1"],
-                "b1": back.sum(axis=0),
-            }
-        )
-    return params["w1"], params["b1"], params["w2"], params["b2"]
-
-
-def fit_binary(z: Floats, y: Floats, weights: Floats, l2: float) -> tuple[Floats, float]:
-    """Weighted binary logistic regression with L2 (bias unpenalised), full batch."""
-    share = weights / weights.sum()
-    params = {"w": np.zeros(z.shape[1]), "b": np.zeros(1)}
-    adam = _Adam(params, RATE)
-    for _ in range(EPOCHS):
-        p = 1.0 / (1.0 + np.exp(-(z @ params["w"] + params["b"])))
-        err = (p - y) * share
-        adam.step({"w": z.T @ err + l2 * params["w"], "b": np.array([err.sum()])})
-    return params["w"], float(params["b"][0])
-
-
-def _balanced(labels: Sequence[Any], weights: Floats) -> Floats:
-    # Each class carries the same total weight: a rare level is not drowned by ordinary messages.
-    totals: dict[Any, float] = defaultdict(float)
-    for label, w in zip(labels, weights, strict=True):
-        totals[label] += float(w)
-    mean = sum(totals.values()) / len(totals)
-    return np.array([w * mean / totals[label] for label, w in zip(labels, weights, strict=True)])
-
-
-def fit_head(
-    examples: Sequence[Example],
-    units: Sequence[Vectors],
-    thresholds: Thresholds | None = None,
-    *,
-    hidden: int = HIDDEN,
-    decay: float = DECAY,
-    window_weight: float = WINDOW_WEIGHT,
-) -> Head:
-    """A head trained on ``examples`` (``units[i]``: row 0 the whole message, then its windows)."""
-    rows: list[Vectors] = []
-    level: list[int] = []
-    scope: list[bool] = []
-    weight: list[float] = []
-    for example, vectors in zip(examples, units, strict=True):
-        rows.append(vectors[0])
-        level.append(CLASSES.index(example.level))
-        scope.append(example.scope)
-        weight.append(1.0)
-        if example.level == "none" and not example.scope:
-            for row in vectors[1:]:
-                rows.append(row)
-                level.append(0)
-                scope.append(False)
-                weight.append(window_weight)
-    x = np.stack(rows).astype(np.float64)
-    mean, scale = _standardise(x)
-    z = (x - mean) / scale
-    raw = np.array(weight)
-    w1, b1, w2, b2 = fit_mlp(z, np.array(level, dtype=np.int64), _balanced(level, raw), hidden=hidden, decay=decay)
-    scope_w, scope_b = fit_binary(z, np.array(scope, dtype=np.float64), _balanced(scope, raw), SCOPE_L2)
-    return Head(
-        mean=mean,
-        scale=scale,
-        hidden_weights=w1,
-        hidden_bias=b1,
-        level_weights=w2,
-        level_bias=b2,
-        scope_weights=scope_w,
-        scope_bias=scope_b,
-        thresholds=thresholds or Thresholds(crisis=0.5, ask=0.3, concern=0.5, scope=0.5),
-    )
 
 
 # --------------------------------------------------------------------------- cross-validation
@@ -209,30 +60,6 @@ def stratified_folds(examples: Sequence[Example], k: int = FOLDS, seed: int = SE
     return fold
 
 
-def out_of_fold(
-    examples: Sequence[Example],
-    units: Sequence[Vectors],
-    extra: Sequence[tuple[Example, Vectors]] = (),
-    *,
-    k: int = FOLDS,
-    **fit: Any,
-) -> list[LearnedScore]:
-    """Each example's score from a head trained on the other folds (plus ``extra``, always training)."""
-    folds = stratified_folds(examples, k)
-    scores: list[LearnedScore | None] = [None] * len(examples)
-    for f in range(k):
-        train = [i for i in range(len(examples)) if folds[i] != f]
-        held = [i for i in range(len(examples)) if folds[i] == f]
-        head = fit_head(
-            [examples[i] for i in train] + [e for e, _ in extra],
-            [units[i] for i in train] + [u for _, u in extra],
-            **fit,
-        )
-        for i in held:
-            scores[i] = aggregate(*head.predict(units[i]))
-    return [s for s in scores if s is not None]
-
-
 # --------------------------------------------------------------------------- thresholds
 
 
@@ -249,6 +76,7 @@ class _Columns:
     lex_risky: npt.NDArray[np.bool_]  # lexicon concern or above, or its grey zone
     lex_grey: npt.NDArray[np.bool_]
     scope_patterns: npt.NDArray[np.bool_]
+    brief: npt.NDArray[np.bool_]  # too short for the learned grey zone (dialogs.safety.combine.brief)
     p_crisis: Floats
     p_risk: Floats
     p_scope: Floats
@@ -273,6 +101,7 @@ def _columns(
         lex_risky=col(a.level != "none" for a in lexical),
         lex_grey=col(a.ask for a in lexical),
         scope_patterns=col(scope_patterns),
+        brief=col(brief(e.text) for e in examples),
         p_crisis=col(s.crisis for s in scores).astype(np.float64),
         p_risk=col(s.risk for s in scores).astype(np.float64),
         p_scope=col(s.scope for s in scores).astype(np.float64),
@@ -326,7 +155,7 @@ def choose_thresholds(
     )
 
     def asked(t: float) -> Any:
-        return crisis_hit(t_crisis) | c.lex_grey | (c.p_crisis >= t)
+        return crisis_hit(t_crisis) | c.lex_grey | ((c.p_crisis >= t) & ~c.brief)
 
     t_ask = min(
         t_crisis,
@@ -380,17 +209,11 @@ def corpus_sha256(examples: Sequence[Example]) -> str:
 
 
 def settings(n: int) -> dict[str, Any]:
-    """How a head was trained (recorded in head.json)."""
+    """How the thresholds were chosen (recorded in the model card)."""
     return {
         "examples": n,
         "seed": SEED,
         "folds": FOLDS,
-        "level_head": f"softmax over {HIDDEN} ReLU units, weight decay {DECAY}",
-        "scope_head": f"logistic regression, L2 {SCOPE_L2}",
-        "window_weight": WINDOW_WEIGHT,
-        "epochs": EPOCHS,
-        "optimiser": f"Adam, full batch, rate {RATE}",
-        "class_weights": "balanced",
         "cv_targets": {
             "crisis_recall": CV_CRISIS_RECALL,
             "crisis_false_positives": CV_CRISIS_FALSE_POSITIVES,
